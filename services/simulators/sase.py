@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, StrictBool
+from scipy import fft as sp_fft
 from scipy.special import j0, j1
 
 from wakefield.config import StrictModel
@@ -39,12 +40,14 @@ from wakefield.variables import Output, Setting
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
-ComplexArray = npt.NDArray[np.complex128]
+ComplexArray = npt.NDArray[np.complexfloating[Any, Any]]
 
 SPEED_OF_LIGHT = 299_792_458.0
 """c, m/s (exact)."""
 ELECTRON_REST_ENERGY = 510_998.950
 """m_e c^2, eV (CODATA 2018)."""
+ELEMENTARY_CHARGE = 1.602_176_634e-19
+"""e, C (exact)."""
 HBAR = 6.582_119_569e-16
 """Reduced Planck constant, eV s (CODATA 2018)."""
 ALFVEN_CURRENT = 17_045.09
@@ -53,6 +56,8 @@ ALFVEN_CURRENT = 17_045.09
 MIN_GAIN_LENGTHS = 4.0
 """Below this many gain lengths the high-gain asymptotics do not hold."""
 MIN_SAMPLES_PER_COHERENCE_TIME = 2.5
+DEEP_SATURATION = 3.0
+"""Linear mean power over saturation power beyond which statistics are wrong."""
 EDGE_POWER_LIMIT = 1e-3
 """Mean power at the window's edges, relative to its peak, that counts as cut."""
 
@@ -120,14 +125,14 @@ class SasePulseSimulator(Simulator):
             Setting(
                 name="energy_spread",
                 unit="",
-                range=(0.0, 4e-4),
+                range=(0.0, 3e-4),
                 default=1e-4,
                 description="relative rms slice energy spread sigma_E / E",
             ),
             Setting(
                 name="undulator_length",
                 unit="m",
-                range=(20.0, 60.0),
+                range=(15.0, 45.0),
                 default=30.0,
                 description="magnetic length of undulator the beam lases in",
             ),
@@ -255,7 +260,7 @@ class SasePulseSimulator(Simulator):
         """
         rho = np.asarray(rho, dtype=np.float64)
         spread = np.asarray(energy_spread, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             cold = self.options.undulator_period / (4 * math.pi * math.sqrt(3) * rho)
             return cold * (1 + (spread / rho) ** 2)
 
@@ -283,13 +288,17 @@ class SasePulseSimulator(Simulator):
         """
         current = np.asarray(current, dtype=np.float64)
         rho = self.pierce_parameter(current)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             n_gain = np.asarray(length, dtype=np.float64) / self.gain_length(
                 rho, energy_spread
             )
-            noise = rho**2 * self.options.beam_energy * SPEED_OF_LIGHT / self.wavelength
-            power = (2 / 3) * noise * np.sqrt(math.pi / n_gain) * np.exp(n_gain)
-        return np.where(current > 0, power, 0.0)
+        n_gain = np.nan_to_num(n_gain, nan=0.0)
+        beam_energy = self.options.beam_energy * ELEMENTARY_CHARGE
+        noise = rho**2 * beam_energy * SPEED_OF_LIGHT / self.wavelength
+        # The asymptotic prefactor grows again below half a gain length, where
+        # the formula no longer holds; such slices carry no noticeable power.
+        prefactor = np.sqrt(math.pi / np.maximum(n_gain, 0.5))
+        return np.asarray((2 / 3) * noise * prefactor * np.exp(n_gain))
 
     def saturation_power(self, current: npt.ArrayLike) -> FloatArray:
         """Saturation power rho P_beam, W, with P_beam = E_beam I."""
@@ -383,32 +392,32 @@ class SasePulseSimulator(Simulator):
         """Simulate one shot for each row of ``current`` (A on :attr:`time`)."""
         failures = dict(failures or {})
         ok = np.array([i not in failures for i in range(current.shape[0])])
-        spread = energy_spread[:, None]
-        length = undulator_length[:, None]
+        mean = self.mean_power(current, energy_spread[:, None], undulator_length[:, None])
+        mean = np.where(ok[:, None], mean, 0.0)
 
         # The gain bandwidth and coherence time of each shot: those of the
         # slice with the highest gain, which dominates the pulse.
-        mean = np.where(ok[:, None], self.mean_power(current, spread, length), 0.0)
         peak = np.argmax(mean, axis=1)
         peak_current = current[np.arange(current.shape[0]), peak]
         rho = self.pierce_parameter(peak_current)
         gain_length = self.gain_length(rho, energy_spread)
         n_gain = np.where(ok, undulator_length / gain_length, np.nan)
         sigma_omega = self.bandwidth(rho, n_gain)
-        self._check_validity(mean, n_gain, sigma_omega, ok)
+        saturation = np.max(mean / self.saturation_power(peak_current)[:, None], axis=1)
+        self._check_validity(mean, n_gain, sigma_omega, saturation, ok)
 
         # Shot noise filtered by the gain bandwidth, scaled to the local power.
         filt = self._filter(sigma_omega)
-        noise = rng.standard_normal((2, *current.shape))
-        white = (noise[0] + 1j * noise[1]) / math.sqrt(2)
-        field = np.fft.ifft(filt * np.fft.fft(white, axis=1), axis=1)
-        field *= np.sqrt(mean)
+        noise = rng.standard_normal((2, *current.shape), dtype=np.float32)
+        white = (noise[0] + 1j * noise[1]) * np.float32(math.sqrt(0.5))
+        field = sp_fft.ifft(filt.astype(np.float32) * sp_fft.fft(white, axis=1), axis=1)
+        field *= np.sqrt(mean).astype(np.float32)
         if self.options.saturation:
             field = self._saturate(field, current)
 
         power = np.abs(field) ** 2
         outputs = {
-            "pulse_energy": power.sum(axis=1) * self.dt,
+            "pulse_energy": power.sum(axis=1, dtype=np.float64) * self.dt,
             "power": power,
             "spectrum": spectrum(field, self.dt),
             "field_real": field.real,
@@ -443,11 +452,30 @@ class SasePulseSimulator(Simulator):
         return field * scale
 
     def _check_validity(
-        self, mean: FloatArray, n_gain: FloatArray, sigma_omega: FloatArray, ok: np.ndarray
+        self,
+        mean: FloatArray,
+        n_gain: FloatArray,
+        sigma_omega: FloatArray,
+        saturation: FloatArray,
+        ok: npt.NDArray[np.bool_],
     ) -> None:
-        """Warn about shots outside what the model and its grid describe."""
+        """Warn about shots outside what the model and its grid describe.
+
+        ``saturation`` is each shot's peak linear mean power over the
+        saturation power.
+        """
         if not ok.any():
             return
+        deep = saturation[ok] > DEEP_SATURATION
+        if deep.any():
+            warnings.warn(
+                f"{deep.sum()} shots are deep in saturation (linear-theory power up "
+                f"to {saturation[ok].max():.3g} times rho P_beam); the soft clip "
+                "there underestimates the energy fluctuations. Use a shorter "
+                "undulator_length for statistically faithful pulses.",
+                PhysicsWarning,
+                stacklevel=4,
+            )
         low = n_gain[ok] < MIN_GAIN_LENGTHS
         if low.any():
             warnings.warn(
@@ -484,17 +512,20 @@ def spectrum(field: ComplexArray, dt: float) -> FloatArray:
     Rows are shots; the result is ordered by ascending photon energy (the
     ``photon_energy`` axis) and integrates to the pulse energy.
     """
-    amplitude = np.fft.fftshift(np.fft.fft(field, axis=-1), axes=-1)
+    amplitude = sp_fft.fftshift(sp_fft.fft(field, axis=-1), axes=-1)
     return np.asarray(np.abs(amplitude) ** 2 * dt**2 / (2 * math.pi * HBAR))
 
 
 def _mode_count(mean: FloatArray, filt: FloatArray) -> FloatArray:
     """M = (sum <P>)^2 / sum <P>_t <P>_t' |g1(t - t')|^2, by circular FFTs."""
-    g1 = np.fft.ifft(filt**2, axis=1)
-    g1 /= g1[:, :1]
-    kernel = np.abs(g1) ** 2
-    spread = np.fft.ifft(np.fft.fft(mean, axis=1) * np.fft.fft(kernel, axis=1), axis=1)
-    denominator = np.sum(mean * spread.real, axis=1)
+    # filt is real and even in frequency, so g1 is real.
+    g1 = sp_fft.ifft(filt**2, axis=1).real
+    kernel = (g1 / g1[:, :1]) ** 2
+    n = mean.shape[1]
+    spread = sp_fft.irfft(
+        sp_fft.rfft(mean, axis=1) * sp_fft.rfft(kernel, axis=1), n=n, axis=1
+    )
+    denominator = np.sum(mean * spread, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(mean.sum(axis=1) ** 2 / denominator)
 

@@ -1,0 +1,1 @@
+"""A conditional GAN for SASE FEL pulses, and the checks of its fidelity."""

@@ -187,9 +187,16 @@ def spikes(
         peaks, props = signal.find_peaks(shot, prominence=criteria.min_prominence * top)
         counts[i] = peaks.size
         if peaks.size:
-            fwhm = signal.peak_widths(shot, peaks, rel_height=0.5, prominence_data=(
-                props["prominences"], props["left_bases"], props["right_bases"]
-            ))[0]
+            fwhm = signal.peak_widths(
+                shot,
+                peaks,
+                rel_height=0.5,
+                prominence_data=(
+                    props["prominences"],
+                    props["left_bases"],
+                    props["right_bases"],
+                ),
+            )[0]
             widths.append(fwhm * dt)
     all_widths = np.concatenate(widths) if widths else np.empty(0)
     return counts, all_widths
@@ -234,7 +241,9 @@ def spectral_width(spectrum: FloatArray, photon_energy: FloatArray) -> float:
     return float(math.sqrt(np.sum((e - centre) ** 2 * mean) / total))
 
 
-def statistics(pulses: Pulses, criteria: SpikeCriteria | None = None) -> PulseStatistics:
+def statistics(
+    pulses: Pulses, criteria: SpikeCriteria | None = None
+) -> PulseStatistics:
     """The statistics of a set of shots at one condition."""
     counts, widths = spikes(pulses.power, pulses.dt, criteria)
     energies = pulses.energies
@@ -269,7 +278,9 @@ def diversity(power: FloatArray) -> float:
     start = 0
     for i in range(n - 1):
         rest = p[i + 1 :]
-        d = np.abs(rest - p[i]).sum(axis=1) / np.maximum(total[i + 1 :] + total[i], 1e-300)
+        d = np.abs(rest - p[i]).sum(axis=1) / np.maximum(
+            total[i + 1 :] + total[i], 1e-300
+        )
         distances[start : start + d.size] = d
         start += d.size
     return float(distances.mean())

@@ -207,7 +207,7 @@ class SasePulseSimulator(Simulator):
     def time(self) -> FloatArray:
         """Time axis, s, centred on the bunch."""
         n = self.options.n_time
-        return (np.arange(n) - n // 2) * self.dt
+        return np.asarray((np.arange(n) - n // 2) * self.dt, dtype=np.float64)
 
     @property
     def gamma(self) -> float:
@@ -228,7 +228,9 @@ class SasePulseSimulator(Simulator):
     @property
     def photon_energy(self) -> FloatArray:
         """Photon-energy axis of the spectrum, eV, ascending."""
-        omega = 2 * math.pi * np.fft.fftshift(np.fft.fftfreq(self.options.n_time, self.dt))
+        omega = (
+            2 * math.pi * np.fft.fftshift(np.fft.fftfreq(self.options.n_time, self.dt))
+        )
         return HBAR * (self.angular_frequency + omega)
 
     # -- 1-D FEL theory -----------------------------------------------------
@@ -249,9 +251,13 @@ class SasePulseSimulator(Simulator):
         sigma_x2 = o.normalized_emittance * o.beta_average / self.gamma
         coupling = (k * jj) ** 2 / (16 * self.gamma**3 * sigma_x2 * k_u**2)
         current = np.clip(np.asarray(current, dtype=np.float64), 0.0, None)
-        return np.cbrt(current / ALFVEN_CURRENT * coupling)
+        return np.asarray(
+            np.cbrt(current / ALFVEN_CURRENT * coupling), dtype=np.float64
+        )
 
-    def gain_length(self, rho: npt.ArrayLike, energy_spread: npt.ArrayLike) -> FloatArray:
+    def gain_length(
+        self, rho: npt.ArrayLike, energy_spread: npt.ArrayLike
+    ) -> FloatArray:
         """The power gain length, m: lambda_u / (4 pi sqrt(3) rho) (1 + Lambda).
 
         Lambda = (sigma_E/E / rho)^2 is the energy-spread term of M. Xie's
@@ -262,7 +268,7 @@ class SasePulseSimulator(Simulator):
         spread = np.asarray(energy_spread, dtype=np.float64)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             cold = self.options.undulator_period / (4 * math.pi * math.sqrt(3) * rho)
-            return cold * (1 + (spread / rho) ** 2)
+            return np.asarray(cold * (1 + (spread / rho) ** 2), dtype=np.float64)
 
     def bandwidth(self, rho: npt.ArrayLike, n_gain: npt.ArrayLike) -> FloatArray:
         """The rms angular bandwidth sigma_omega, rad/s, after n_gain gain lengths.
@@ -273,10 +279,14 @@ class SasePulseSimulator(Simulator):
         """
         rho = np.asarray(rho, dtype=np.float64)
         n_gain = np.asarray(n_gain, dtype=np.float64)
-        return self.angular_frequency * 3 * math.sqrt(2) * rho / np.sqrt(n_gain)
+        sigma = self.angular_frequency * 3 * math.sqrt(2) * rho / np.sqrt(n_gain)
+        return np.asarray(sigma, dtype=np.float64)
 
     def mean_power(
-        self, current: npt.ArrayLike, energy_spread: npt.ArrayLike, length: npt.ArrayLike
+        self,
+        current: npt.ArrayLike,
+        energy_spread: npt.ArrayLike,
+        length: npt.ArrayLike,
     ) -> FloatArray:
         """Ensemble-mean SASE power, W, of slices of a current (A) in the linear
         regime after an undulator ``length`` (m).
@@ -303,7 +313,8 @@ class SasePulseSimulator(Simulator):
     def saturation_power(self, current: npt.ArrayLike) -> FloatArray:
         """Saturation power rho P_beam, W, with P_beam = E_beam I."""
         current = np.asarray(current, dtype=np.float64)
-        return self.pierce_parameter(current) * self.options.beam_energy * current
+        p_beam = self.options.beam_energy * current
+        return np.asarray(self.pierce_parameter(current) * p_beam, dtype=np.float64)
 
     # -- settings to current ------------------------------------------------
 
@@ -320,7 +331,9 @@ class SasePulseSimulator(Simulator):
             shape = (np.abs(t) <= math.sqrt(3) * sigma).astype(np.float64)
         return peak * shape
 
-    def resample_current(self, time: npt.ArrayLike, current: npt.ArrayLike) -> FloatArray:
+    def resample_current(
+        self, time: npt.ArrayLike, current: npt.ArrayLike
+    ) -> FloatArray:
         """Current profiles from another simulator, moved onto :attr:`time`.
 
         ``time`` (s) is one axis for all rows of ``current`` (A, samples x
@@ -342,14 +355,18 @@ class SasePulseSimulator(Simulator):
 
     # -- simulation ---------------------------------------------------------
 
-    def simulate(self, settings: Mapping[str, np.ndarray], rng: np.random.Generator) -> Batch:
+    def simulate(
+        self, settings: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> Batch:
         missing = [name for name in SETTING_NAMES if name not in settings]
         if missing:
             raise SimulationError(
                 f"the sase simulator needs settings {list(SETTING_NAMES)}; "
                 f"missing {missing}. Give every setting a value or a range in the scan."
             )
-        values = {name: np.asarray(settings[name], dtype=np.float64) for name in SETTING_NAMES}
+        values = {
+            name: np.asarray(settings[name], dtype=np.float64) for name in SETTING_NAMES
+        }
         current = self.current_profiles(values["peak_current"], values["bunch_length"])
         failures = _invalid_samples(values)
         return self.pulses(
@@ -392,7 +409,9 @@ class SasePulseSimulator(Simulator):
         """Simulate one shot for each row of ``current`` (A on :attr:`time`)."""
         failures = dict(failures or {})
         ok = np.array([i not in failures for i in range(current.shape[0])])
-        mean = self.mean_power(current, energy_spread[:, None], undulator_length[:, None])
+        mean = self.mean_power(
+            current, energy_spread[:, None], undulator_length[:, None]
+        )
         mean = np.where(ok[:, None], mean, 0.0)
 
         # The gain bandwidth and coherence time of each shot: those of the
@@ -403,7 +422,8 @@ class SasePulseSimulator(Simulator):
         gain_length = self.gain_length(rho, energy_spread)
         n_gain = np.where(ok, undulator_length / gain_length, np.nan)
         sigma_omega = self.bandwidth(rho, n_gain)
-        saturation = np.max(mean / self.saturation_power(peak_current)[:, None], axis=1)
+        p_sat = np.where(ok, self.saturation_power(peak_current), np.inf)
+        saturation = mean.max(axis=1) / p_sat
         self._check_validity(mean, n_gain, sigma_omega, saturation, ok)
 
         # Shot noise filtered by the gain bandwidth, scaled to the local power.
@@ -440,7 +460,8 @@ class SasePulseSimulator(Simulator):
         omega = 2 * math.pi * np.fft.fftfreq(self.options.n_time, self.dt)
         sigma = np.nan_to_num(sigma_omega, nan=1.0)[:, None]
         response = np.exp(-((omega[None, :] / (2 * sigma)) ** 2))
-        return response / np.sqrt(np.mean(response**2, axis=1, keepdims=True))
+        norm = np.sqrt(np.mean(response**2, axis=1, keepdims=True))
+        return np.asarray(response / norm, dtype=np.float64)
 
     def _saturate(self, field: ComplexArray, current: FloatArray) -> ComplexArray:
         """Clip power softly: P -> P_sat tanh(P / P_sat), keeping the phase."""

@@ -211,7 +211,14 @@ class Datastore:
     # Internals
 
     def _store(self, path: str) -> Any:
-        return path if self.local else zarr.storage.FsspecStore(self.fs, path=path)
+        if self.local:
+            return path
+        fs = self.fs
+        if not getattr(fs, "async_impl", False):  # zarr talks to filesystems asynchronously
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+            fs = AsyncFileSystemWrapper(fs, asynchronous=True)
+        return zarr.storage.FsspecStore(fs, path=path)
 
     def _manifest(self, uri: str) -> dict[str, Any]:
         path = self.resolve(uri) + MANIFEST_SUFFIX

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MantissaNoDotYAML1_1Warning, MarkedYAMLError
 
 from .errors import Problem, RegistryError, WorkflowError
 from .workflow import (
@@ -86,7 +87,11 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, Positions]:
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
-        node = yaml.load(text)
+        with warnings.catch_warnings():
+            # In a file declared YAML 1.1, 1e-3 is still read as the number it
+            # looks like; ruamel's advice to add a dot is noise here.
+            warnings.simplefilter("ignore", MantissaNoDotYAML1_1Warning)
+            node = yaml.load(text)
     except DuplicateKeyError as exc:
         mark = exc.problem_mark
         key = re.search(r'duplicate key "([^"]*)"', str(exc.problem))

@@ -12,6 +12,7 @@
     │   ├── BusUnavailableError   the broker cannot be reached
     │   └── CommitError           an offset commit was refused (rebalanced)
     ├── EventError                an event that cannot be decoded or is invalid
+    │   └── TripDataError         recorded trip files missing or malformed
     ├── DatastoreError            reading or writing a dataset failed
     │   ├── DataRefError          a reference that is malformed or escapes the root
     │   └── IntegrityError        a dataset whose content hash does not match
@@ -108,6 +109,10 @@ class CommitError(BusError):
 
 class EventError(WakefieldError):
     """An event that cannot be decoded, or whose content is not valid."""
+
+
+class TripDataError(EventError):
+    """A recorded trip event whose files are missing, inconsistent or malformed."""
 
 
 class DatastoreError(WakefieldError):

@@ -303,7 +303,10 @@ class EmbeddedConsumer(Consumer):
         self.topics = topics
         self.group = group
         self.start = start
-        self.member = f"{client_id or 'consumer'}-{uuid.uuid4().hex[:12]}"
+        # A consumer with a client id is a static member (as Kafka's
+        # group.instance.id): a replica restarted after a crash takes its
+        # partitions back at once instead of waiting for its session to expire.
+        self.member = client_id if client_id and group else f"consumer-{uuid.uuid4().hex[:12]}"
         self._db = _Db(bus._db.file)
         self._positions: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
@@ -317,6 +320,8 @@ class EmbeddedConsumer(Consumer):
             self._owned = {
                 TopicPartition(t, p) for t in topics for p in range(bus.partitions(t))
             }
+            for tp in self._owned:  # "latest" means from now, not from the first poll
+                self._position(tp)
             self._heartbeat: threading.Thread | None = None
         else:
             self._join()
@@ -331,7 +336,7 @@ class EmbeddedConsumer(Consumer):
         now = time.time()
         with self._db.write() as conn:
             conn.execute(
-                "INSERT INTO members VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)",
                 (self.group, self.member, json.dumps(self.topics), now, now),
             )
             _rebalance(conn, self.group, self.bus.session_timeout)

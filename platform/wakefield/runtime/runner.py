@@ -125,7 +125,6 @@ class Run:
         self.status = RunStatus(self.run_id)
         self.results: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.actors: dict[str, list[Any]] = {}
-        self._incarnations: dict[tuple[str, int], str] = {}
         self._down: dict[tuple[str, int], str] = {}
         self._seen: set[str] = set()
         self._cancel = threading.Event()
@@ -147,6 +146,8 @@ class Run:
                            for t in topic_specs(self.workflow).values()], create=create)
         self._producer = bus.producer()
         self._watch = bus.consumer(self._watched_topics(), group=None, start="earliest")
+        # Commands count from now on: a resumed run must not obey its old "cancel".
+        self._control = bus.consumer([self.workflow.control_topic], group=None, start="latest")
 
         _ensure_ray(self.ray_address, self._cpus_needed())
         run = {"run_id": self.run_id, "bus_url": self.bus_url, "datastore_root": self.datastore_root}
@@ -193,6 +194,8 @@ class Run:
         self._publish_status(f"run.{state}", {"reason": reason, "results": {
             topic: len(events) for topic, events in self.results.items()}})
         self._drain()
+        self._watch.close()
+        self._control.close()
         return RunResult(self.run_id, self.workflow.name, state, reason, dict(self.results),
                          time.monotonic() - self._started, self.datastore_root, self.bus_url,
                          self.status.to_dict())
@@ -269,14 +272,6 @@ class Run:
             except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError) as exc:
                 self._down.setdefault((name, replica), _first_line(exc))
                 continue
-            key = (name, replica)
-            previous = self._incarnations.get(key)
-            if previous is not None and info["incarnation"] != previous:
-                reason = self._down.pop(key, "the actor process ended")
-                self._publish_status("service.restarted", {"service": name, "replica": replica,
-                                                           "reason": reason})
-                log.warning("service %s replica %s restarted: %s", name, replica, reason)
-            self._incarnations[key] = info["incarnation"]
             if info["state"] == "failed" and self.workflow.spec.complete is not None:
                 self._fail(f"service {name} failed: {info['error']}")
 
@@ -287,14 +282,15 @@ class Run:
     # Watching the topics
 
     def _watched_topics(self) -> list[str]:
-        topics = {self.workflow.status_topic, self.workflow.control_topic}
+        topics = {self.workflow.status_topic}
         if self.workflow.spec.complete:
             topics.update(c.topic for c in self.workflow.spec.complete.when)
         return sorted(topics)
 
     def _drain(self) -> None:
-        assert self._watch is not None
-        for record in self._watch.poll(timeout=0.1, max_records=500):
+        records = self._control.poll(timeout=0.0, max_records=100)
+        records += self._watch.poll(timeout=0.1, max_records=500)
+        for record in records:
             event = record.event
             if event is None or event.runid != self.run_id or event.id in self._seen:
                 continue
@@ -313,6 +309,13 @@ class Run:
         kind = status_kind(event)
         data = event.data if isinstance(event.data, dict) else {}
         complete = self.workflow.spec.complete
+        if kind == "service.up" and data.get("restarted"):
+            # Ray restarted the actor; a ping that failed meanwhile may know why.
+            key = (str(data.get("service")), int(data.get("replica", 0)))
+            reason = self._down.pop(key, "its process ended unexpectedly (killed or crashed)")
+            self._publish_status("service.restarted", {"service": key[0], "replica": key[1],
+                                                       "reason": reason})
+            log.warning("service %s replica %s restarted: %s", key[0], key[1], reason)
         if kind == "deadlettered" and complete is not None and complete.fail_on_deadletter:
             self._fail(f"an event was dead-lettered by {data.get('service')}: {data.get('error')}")
         if self.on_status is not None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,6 +52,11 @@ INTEGER_BOUNDS = {
 }
 
 Schema = dict[str, Any]
+
+log = logging.getLogger("k8s-schemas")
+
+# libyaml's loader when PyYAML has it: the Strimzi CRDs are megabytes.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConversionError(Exception):
@@ -214,7 +220,7 @@ def write_crds(paths: Iterable[Path], out: Path, object_meta: Schema | None) -> 
     """
     count = 0
     for path in paths:
-        for document in yaml.safe_load_all(path.read_text()):
+        for document in yaml.load_all(path.read_text(), Loader=_LOADER):
             if not document:
                 continue
             for api_version, kind, root in crd_versions(document, path):
@@ -278,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     crd.add_argument("crds", type=Path, nargs="+")
 
     args = parser.parse_args(argv)
+    logging.basicConfig(format="k8s-schemas: %(message)s", level=logging.INFO)
     try:
         if args.source == "builtin":
             count = write_builtin(args.spec_dir, args.out)
@@ -285,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
             meta = object_meta_from(args.object_meta) if args.object_meta else None
             count = write_crds(args.crds, args.out, meta)
     except (ConversionError, OSError, KeyError, yaml.YAMLError) as err:
-        print(f"k8s-schemas: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 1
 
     if count == 0:
-        print(f"k8s-schemas: no kinds found for {args.source}", file=sys.stderr)
+        log.error("no kinds found for %s", args.source)
         return 1
-    print(f"k8s-schemas: wrote {count} schemas under {args.out}", file=sys.stderr)
+    log.info("wrote %d schemas under %s", count, args.out)
     return 0
 
 

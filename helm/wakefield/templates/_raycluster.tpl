@@ -186,9 +186,9 @@ object-storage credentials, then extraEnv.
 {{- define "wakefield.kafkaEnv" -}}
 {{- $v := .Values -}}
 {{- $proto := include "wakefield.kafkaProtocol" . }}
+{{- if eq $v.kafka.mode "strimzi" }}
 - name: WAKEFIELD_KAFKA_SECURITY_PROTOCOL
   value: {{ $proto }}
-{{- if eq $v.kafka.mode "strimzi" }}
 {{- if hasPrefix "SASL_" $proto }}
 - name: WAKEFIELD_KAFKA_SASL_MECHANISM
   value: SCRAM-SHA-512
@@ -207,6 +207,14 @@ object-storage credentials, then extraEnv.
 {{- else }}
 {{- $ext := $v.kafka.external }}
 {{- $sasl := $ext.sasl }}
+{{- with $ext.configFile.existingSecret }}
+{{- /* The file holds the protocol and credentials (NAME=value lines). */}}
+- name: WAKEFIELD_KAFKA_CONFIG_FILE
+  value: /etc/wakefield/kafka/{{ $ext.configFile.key }}
+{{- else }}
+- name: WAKEFIELD_KAFKA_SECURITY_PROTOCOL
+  value: {{ $proto }}
+{{- end }}
 {{- if hasPrefix "SASL_" $proto }}
 {{- $secret := default (include "wakefield.kafkaTestSecret" .) $sasl.existingSecret }}
 - name: WAKEFIELD_KAFKA_SASL_MECHANISM
@@ -240,10 +248,6 @@ object-storage credentials, then extraEnv.
 - name: WAKEFIELD_KAFKA_SSL_KEYFILE
   value: /etc/wakefield/kafka/client.key
 {{- end }}
-{{- end }}
-{{- with $ext.configFile.existingSecret }}
-- name: WAKEFIELD_KAFKA_CONFIG_FILE
-  value: /etc/wakefield/kafka/{{ $ext.configFile.key }}
 {{- end }}
 {{- end }}
 {{- end -}}

@@ -11,8 +11,8 @@ from raycluster.yaml and rayjob.yaml alike (whichever renders).
 {{- fail "workflow.yaml and workflow.existingConfigMap are both set; the workflow comes from one of them. Unset one (e.g. --set workflow.existingConfigMap=)" -}}
 {{- end -}}
 {{- range $v.run.extraArgs -}}
-{{- if regexMatch "^--(bus|datastore|run-id|output)(=|$)" . -}}
-{{- fail (printf "run.extraArgs has %q, which the chart already sets from kafka.*, datastore.*, run.id and --output json. Remove it from run.extraArgs and set the value it stands for instead" .) -}}
+{{- if regexMatch "^(--(bus|datastore|run-id|resume|ray-address|output)|-o)(=|$)" . -}}
+{{- fail (printf "run.extraArgs has %q, which the chart already sets from kafka.*, datastore.*, run.id, run.resume and --output json (Ray tells the run its cluster). Remove it from run.extraArgs and set the value it stands for instead" .) -}}
 {{- end -}}
 {{- end -}}
 
@@ -49,6 +49,14 @@ from raycluster.yaml and rayjob.yaml alike (whichever renders).
 {{- fail "kafka.mode is external but kafka.external.bootstrap is empty. Set the brokers as host:port joined by commas, e.g. --set kafka.external.bootstrap=kafka-0.lab.org:9093, or use --set kafka.mode=strimzi to run Kafka with the Strimzi operator" -}}
 {{- end -}}
 {{- $proto := $ext.securityProtocol -}}
+{{- if $ext.configFile.existingSecret -}}
+{{- if ne $proto "PLAINTEXT" -}}
+{{- fail (printf "kafka.external.securityProtocol is %s and kafka.external.configFile is set: the file's WAKEFIELD_KAFKA_SECURITY_PROTOCOL line decides. Leave securityProtocol at PLAINTEXT (its default) and set the protocol in the file" $proto) -}}
+{{- end -}}
+{{- if or $ext.sasl.existingSecret $ext.sasl.username $ext.sasl.usernameKey $ext.sasl.testCredentials.username $ext.sasl.testCredentials.password -}}
+{{- fail "kafka.external.sasl and kafka.external.configFile are both set. Put the SASL settings (WAKEFIELD_KAFKA_SASL_*) in the file, or drop configFile and use kafka.external.sasl" -}}
+{{- end -}}
+{{- end -}}
 {{- $sasl := $ext.sasl -}}
 {{- $test := $sasl.testCredentials -}}
 {{- if hasPrefix "SASL_" $proto -}}
@@ -68,7 +76,7 @@ from raycluster.yaml and rayjob.yaml alike (whichever renders).
 {{- fail (printf "kafka.external.sasl is set but kafka.external.securityProtocol is %s, which sends no credentials. Use SASL_SSL (or SASL_PLAINTEXT on a trusted network), or remove the SASL settings" $proto) -}}
 {{- end -}}
 {{- $tls := $ext.tls -}}
-{{- if not (hasSuffix "SSL" $proto) -}}
+{{- if not (or (hasSuffix "SSL" $proto) $ext.configFile.existingSecret) -}}
 {{- if or $tls.existingSecret $tls.certKey $tls.keyKey -}}
 {{- fail (printf "kafka.external.tls is set but kafka.external.securityProtocol is %s, which does not use TLS. Use SSL or SASL_SSL, or remove the TLS settings" $proto) -}}
 {{- end -}}

@@ -132,7 +132,7 @@ RENDERINGS = {
 
 @needs_helm
 def test_check_helm_passes() -> None:
-    """scripts/check-helm lints, renders and strictly validates the chart, and passes."""
+    """scripts/check-helm lints, renders and strictly validates the chart."""
     result = _run([str(CHECK_HELM)], timeout=1800)
     if result.returncode == TOOLS_UNAVAILABLE:
         _fail_unavailable(result)
@@ -144,7 +144,7 @@ def test_check_helm_passes() -> None:
 @needs_helm
 @pytest.mark.parametrize("name", sorted(RENDERINGS))
 def test_dashboard_is_never_exposed_without_auth(helm: str, name: str) -> None:
-    """No Service opens port 8265 outside the cluster; any Ingress has authentication."""
+    """No Service opens port 8265 outside; every Ingress has authentication."""
     objects = render(helm, *RENDERINGS[name])
 
     for spec in cluster_specs(objects):
@@ -169,7 +169,7 @@ def test_dashboard_is_never_exposed_without_auth(helm: str, name: str) -> None:
 
 @needs_helm
 def test_dashboard_ingress_without_auth_is_refused(helm: str) -> None:
-    """An Ingress for the dashboard with no authentication fails to render, saying why."""
+    """A dashboard Ingress without authentication fails to render, saying why."""
     message = render_error(
         helm,
         "--set",
@@ -286,7 +286,7 @@ def test_workflow_configmap_holds_the_workflow(helm: str) -> None:
 def test_run_command_follows_the_cli(
     helm: str, example: str, bus: str, datastore: str
 ) -> None:
-    """The RayJob runs `wakefield run` on the mounted workflow with bus, datastore and run id."""
+    """The RayJob runs `wakefield run` on the mounted workflow, bus and datastore."""
     path = CHART / "examples" / f"{example}.yaml"
     objects = render(helm, *with_workflow("-f", str(path)))
 
@@ -301,7 +301,7 @@ def test_run_command_follows_the_cli(
 
 @needs_helm
 def test_strimzi_wires_tls_and_scram_credentials(helm: str) -> None:
-    """With Strimzi, Ray pods get the cluster CA and the KafkaUser's password by reference."""
+    """With Strimzi, pods get the cluster CA and the KafkaUser's password."""
     path = CHART / "examples" / "strimzi-pvc.yaml"
     objects = render(helm, *with_workflow("-f", str(path)))
 
@@ -326,7 +326,7 @@ def test_strimzi_wires_tls_and_scram_credentials(helm: str) -> None:
 @needs_helm
 @pytest.mark.parametrize("name", sorted(RENDERINGS))
 def test_ray_token_is_shared(helm: str, name: str) -> None:
-    """Every Ray container and the job submitter read one token from the cluster's Secret."""
+    """Ray containers and the job submitter read one token from one Secret."""
     objects = render(helm, *RENDERINGS[name])
     secret_names = {
         spec["authOptions"]["secretName"] for spec in cluster_specs(objects)
@@ -344,7 +344,7 @@ def test_ray_token_is_shared(helm: str, name: str) -> None:
 
 @needs_helm
 def test_gpu_worker_group(helm: str) -> None:
-    """The GPU example adds an autoscaled worker group with nvidia.com/gpu, tolerations and a node selector."""
+    """The GPU example adds an autoscaled group with GPUs, tolerations, selector."""
     path = CHART / "examples" / "gpu-workers.yaml"
     objects = render(helm, *with_workflow("-f", str(path)))
 
@@ -369,7 +369,7 @@ def test_gpu_worker_group(helm: str) -> None:
 
 @needs_helm
 def test_s3_datastore_takes_credentials_from_a_secret(helm: str) -> None:
-    """With an s3:// datastore no volume claim is made and AWS keys come from the Secret."""
+    """An s3:// datastore makes no volume claim and reads AWS keys from a Secret."""
     path = CHART / "examples" / "external-kafka-sasl-s3.yaml"
     objects = render(helm, *with_workflow("-f", str(path)))
 
@@ -410,7 +410,7 @@ def converter() -> ModuleType:
 
 
 def test_converter_makes_listed_objects_strict(converter: ModuleType) -> None:
-    """Objects with listed properties reject others, unless they preserve unknown fields."""
+    """Objects that list properties reject others, unless they preserve unknowns."""
     refs: set[str] = set()
     out = converter.convert_node(
         {
@@ -450,14 +450,14 @@ def test_converter_makes_listed_objects_strict(converter: ModuleType) -> None:
 def test_converter_names_schemas_as_kubeconform_looks_them_up(
     converter: ModuleType,
 ) -> None:
-    """Built-in schema files carry kubeconform's kind suffix for core and grouped APIs."""
+    """Built-in schema files carry kubeconform's kind suffix."""
     assert converter.kubeconform_suffix("v1") == "-v1"
     assert converter.kubeconform_suffix("apps/v1") == "-apps-v1"
     assert converter.kubeconform_suffix("networking.k8s.io/v1") == "-networking-v1"
 
 
 def test_converter_pins_api_version_and_kind(converter: ModuleType) -> None:
-    """A standalone schema accepts only its own apiVersion and kind, with definitions inlined."""
+    """A standalone schema pins apiVersion and kind and carries its definitions."""
     meta = {"type": "object", "properties": {"name": {"type": "string"}}}
     root = {
         "type": "object",

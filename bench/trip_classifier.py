@@ -16,7 +16,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 from wakefield.services.simulators.srf import (
     CAVITY_LABELS,
     FAULT_TYPES,

@@ -405,7 +405,7 @@ class EmbeddedConsumer(Consumer):
             if records or time.monotonic() >= deadline or self._closed.is_set():
                 return records
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.02)
+            pause = min(pause * 2, 0.01)
 
     def _fetch(self, max_records: int) -> list[Record]:
         active = sorted(self._owned - self._paused)

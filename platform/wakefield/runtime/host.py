@@ -256,15 +256,19 @@ class ServiceHost:
             paused = consumer.assignment()
             consumer.pause(paused)
             try:
-                while not future.done():
-                    for stray in consumer.poll(timeout=0.2, max_records=1):
+                while True:
+                    try:
+                        return future.result(timeout=POLL_SECONDS)
+                    except concurrent.futures.TimeoutError:
+                        pass
+                    # Still working: poll (everything paused) to stay in the group.
+                    for stray in consumer.poll(timeout=0.0, max_records=1):
                         # A partition assigned meanwhile: put its record back.
                         consumer.seek(stray.tp, stray.offset)
                         consumer.pause([stray.tp])
                         paused.add(stray.tp)
             finally:
                 consumer.resume(paused)
-            return future.result()
         finally:
             self.busy_since = None
 

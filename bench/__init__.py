@@ -1,0 +1,1 @@
+"""wakefield's benchmark suite: `make bench` (or `python -m bench [SUITE ...]`)."""

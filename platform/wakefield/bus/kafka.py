@@ -1132,7 +1132,7 @@ class KafkaConsumer(Consumer):
         self.start = start
         self._paused: set[_KafkaTopicPartition] = set()
         self._closed = False
-        self._last_poll = time.monotonic()
+        self._last_poll: float | None = None
 
         counts = bus._describe(topics)
         missing = [t for t in topics if t not in counts]
@@ -1194,16 +1194,16 @@ class KafkaConsumer(Consumer):
     def poll(self, timeout: float = 1.0, max_records: int = 100) -> list[Record]:
         now = time.monotonic()
         limit = self.bus.options.max_poll_interval
-        if self.group is not None and now - self._last_poll > limit / 2:
+        gap = None if self._last_poll is None else now - self._last_poll
+        if self.group is not None and gap is not None and gap > limit / 2:
             logger.warning(
                 "consumer of group %s was not polled for %.0f s; a member that "
                 "does not poll for %.0f s is evicted: keep polling during long "
                 "work (pause, poll, commit, resume)",
                 self.group,
-                now - self._last_poll,
+                gap,
                 limit,
             )
-        self._last_poll = now
 
         try:
             batches = self._client.poll(

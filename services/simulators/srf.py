@@ -600,7 +600,7 @@ def _draw_operating_point(
         * math.pi
         * rng.uniform(50.0, 150.0, shape),
         headroom=rng.uniform(1.3, 2.0, shape),
-        leak=rng.uniform(0.01, 0.04, shape),
+        leak=rng.uniform(0.001, 0.01, shape),
         ask_scale=rng.uniform(1.0, 1.6, shape),
         phase_offset=rng.uniform(-math.pi, math.pi, (*shape, 2)),
         noise=settings["noise_level"],

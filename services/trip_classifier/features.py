@@ -9,7 +9,7 @@ physics drove a decision.
 
 Time windows, in ms relative to the trigger: ``baseline`` before -100,
 ``late`` from -20 to -1 (just before the trip), ``lead`` from -100 to -1,
-``after`` from 2 to 6.  Gradients are in MV/m, times in ms, frequencies in
+``after`` from 10 to 20.  Gradients are in MV/m, times in ms, frequencies in
 Hz, angles in deg; ``rel`` marks a ratio to the cavity's own baseline.
 """
 
@@ -34,7 +34,7 @@ FEATURES: tuple[str, ...] = (
     "gmes_base",  # baseline gradient, MV/m
     "gmes_noise_rel",  # baseline rms over mean
     "gmes_late_sag_rel",  # 1 - late mean / baseline
-    "gmes_after_rel",  # gradient left 2 to 6 ms after the trigger / baseline
+    "gmes_after_rel",  # gradient left 10 to 20 ms after the trigger / baseline
     "gmes_t90",  # first time below 90 % of baseline, ms
     "gmes_t90_rel",  # ... minus the earliest of all cavities, ms
     "gmes_tau_high",  # e-folding time from 90 % to 50 %, ms
@@ -85,7 +85,7 @@ def trip_features(
     """Features of trip events, shape (events, len(feature_names())).
 
     ``waveform`` has shape (events, cavities, signals, time) on the time
-    axis ``times`` (ms), which must reach from before -200 ms to after 6 ms.
+    axis ``times`` (ms), which must reach from before -200 ms to after 20 ms.
     """
     missing = [s for s in REQUIRED_SIGNALS if s not in signals]
     if missing:
@@ -93,9 +93,9 @@ def trip_features(
             f"trip features need the signals {REQUIRED_SIGNALS}; {missing} "
             f"are missing from {list(signals)}"
         )
-    if times[0] > -200.0 or times[-1] < 6.0:
+    if times[0] > -200.0 or times[-1] < 20.0:
         raise EventError(
-            f"trip features need a record from before -200 ms to after 6 ms; "
+            f"trip features need a record from before -200 ms to after 20 ms; "
             f"got {times[0]} to {times[-1]} ms"
         )
     x = np.asarray(waveform, dtype=np.float64)
@@ -162,7 +162,7 @@ def _gradient(g: FloatArray, times: FloatArray) -> dict[str, FloatArray]:
         "gmes_base": base,
         "gmes_noise_rel": noise / base,
         "gmes_late_sag_rel": 1.0 - late.mean(axis=-1) / base,
-        "gmes_after_rel": rel[..., _window(times, 2.0, 6.0)].mean(axis=-1),
+        "gmes_after_rel": rel[..., _window(times, 10.0, 20.0)].mean(axis=-1),
         "gmes_t90": t90,
         "gmes_t90_rel": np.where(dropped, t90 - earliest, _NEVER),
         "gmes_tau_high": np.where(

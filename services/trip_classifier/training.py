@@ -125,7 +125,8 @@ class TrainingResult:
     cavity_labels: list[str]
     history: list[dict[str, float]]
     metrics: dict[str, ClassificationReport]
-    """``cnn_fault``, ``cnn_cavity``, ``trees_fault``, ``trees_cavity`` on the test set."""
+    """``cnn_``, ``trees_`` and ``ensemble_`` (their mean probability) ``fault``
+    and ``cavity`` reports on the test set."""
     decision: PromotionDecision
     timings: dict[str, float] = field(default_factory=dict)
     """Training seconds and inference events per second of each model."""
@@ -405,5 +406,12 @@ def _evaluate(
             cavity[test], tree_cavity.argmax(1), cavity_labels
         ),
     }
+    # The two models together: the mean of their probabilities.
+    metrics["ensemble_fault"] = classification_report(
+        fault[test], (fault_prob + tree_fault).argmax(1), fault_types
+    )
+    metrics["ensemble_cavity"] = classification_report(
+        cavity[test], (cavity_prob + tree_cavity).argmax(1), cavity_labels
+    )
     rates = {"cnn_events_per_s": cnn_rate, "trees_events_per_s": tree_rate}
     return metrics, rates

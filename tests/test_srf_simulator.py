@@ -8,6 +8,9 @@ import math
 import numpy as np
 import pytest
 from pydantic import ValidationError
+
+from wakefield.errors import SimulationError
+from wakefield.registry import load_simulator
 from wakefield.services.simulators.srf import (
     FAULT_TYPES,
     SETTINGS,
@@ -16,9 +19,6 @@ from wakefield.services.simulators.srf import (
     SrfOptions,
     simulate_trip_dataset,
 )
-
-from wakefield.errors import SimulationError
-from wakefield.registry import load_simulator
 
 SEED = 20261203
 SIGNALS = ("GMES", "GASK", "CRFP", "DETA2")

@@ -696,7 +696,12 @@ def _integrate(
     )
     burst = rng.standard_normal((steps, n * N_CAVITIES))
 
-    record: dict[str, list[ComplexArray]] = {"em": [], "ask": [], "fwd": [], "field": []}
+    record: dict[str, list[ComplexArray]] = {
+        "em": [],
+        "ask": [],
+        "fwd": [],
+        "field": [],
+    }
     keep_set = set(int(i) for i in keep)
     off = np.full(e.shape, np.inf)
     for s in range(steps):

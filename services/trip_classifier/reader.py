@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import xarray as xr
+
+from wakefield.errors import TripDataError
 from wakefield.services.simulators.srf import (
     CLASSIFIER_SIGNALS,
     RECORD_STEP,
@@ -29,8 +31,6 @@ from wakefield.services.simulators.srf import (
     SIGNALS,
     RecordGrid,
 )
-
-from wakefield.errors import TripDataError
 
 log = logging.getLogger(__name__)
 

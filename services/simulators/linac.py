@@ -417,13 +417,9 @@ class LinacSimulator(Simulator):
             beam = beams[station]
             particles = beam.particles.to(torch.float64)
             energy = beam.energy.to(torch.float64).expand(particles.shape[:-2])
-            finite = torch.isfinite(particles).flatten(-2).all(dim=-1)
-            finite &= torch.isfinite(energy) & (energy > 0)
-            for row in (~finite).nonzero().flatten().tolist():
-                lost[row] = lost[row] or (
-                    "beam lost: non-finite coordinates or energy after "
-                    f"{_STATION_NAMES[station]}"
-                )
+            where = _STATION_NAMES[station]
+            for row, reason in enumerate(self._losses(particles, energy, where)):
+                lost[row] = lost[row] or reason
 
             z, delta, mean_energy = diagnostics.longitudinal(
                 particles, energy, model.mass
@@ -438,6 +434,28 @@ class LinacSimulator(Simulator):
                 results.update(self._final_extras(particles, energy, z, delta))
 
         return {k: v.cpu().numpy() for k, v in results.items()}, lost
+
+    def _losses(
+        self, particles: torch.Tensor, energy: torch.Tensor, where: str
+    ) -> list[str]:
+        """Why each bunch is lost by station ``where`` ("" if it is not)."""
+        mass = self.model.mass
+        p0c = diagnostics.reference_momentum(energy, mass).unsqueeze(-1)
+        stopped = (energy.unsqueeze(-1) + particles[..., 5] * p0c <= mass).sum(-1)
+        finite = torch.isfinite(particles).flatten(-2).all(dim=-1)
+        finite &= torch.isfinite(energy) & (energy > 0)
+
+        reasons = []
+        for n_stopped, ok in zip(stopped.tolist(), finite.tolist(), strict=True):
+            if n_stopped:
+                reasons.append(
+                    f"beam lost: {n_stopped} particles decelerated to rest by {where}"
+                )
+            elif not ok:
+                reasons.append(f"beam lost: non-finite coordinates by {where}")
+            else:
+                reasons.append("")
+        return reasons
 
     def _final_extras(
         self,

@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -193,6 +193,20 @@ class LinacModel:
     the linac voltages that reach the design energies at the nominal phases.
     """
 
+    _NOMINAL = ("quad_k1", "bend_angle", "l1x_voltage", "nominal_voltage", "twiss")
+    _nominal_cache: ClassVar[dict[tuple[LinacDesign, str, str], dict[str, Any]]] = {}
+
+    quad_k1: dict[str, float]
+    """FODO quadrupole strength of L2 and L3, 1/m^2 (focusing quads)."""
+    bend_angle: dict[str, float]
+    """Bend angle of each dipole of BC1 and BC2, rad."""
+    l1x_voltage: float
+    """L1X voltage, V."""
+    nominal_voltage: dict[str, float]
+    """Voltage of L1, L2 and L3 at 100 %, V."""
+    twiss: dict[str, tuple[float, float]]
+    """Injector ``(beta, alpha)`` in x and y, m and 1."""
+
     def __init__(
         self, options: LinacOptions | None = None, design: LinacDesign = LCLS
     ) -> None:
@@ -206,11 +220,19 @@ class LinacModel:
         )
         self.mass = float(self.species.mass_eV)
 
-        self.quad_k1 = {name: self._fodo_k1(name) for name in ("l2", "l3")}
-        self.bend_angle = {name: self._bend_angle(name) for name in ("bc1", "bc2")}
-        self.l1x_voltage = self._linearising_voltage()
-        self.nominal_voltage = self._nominal_voltages()
-        self.twiss = self._matched_twiss()
+        # The nominal machine depends only on the design and the precision.
+        key = (design, self.options.dtype, self.options.device)
+        if key not in LinacModel._nominal_cache:
+            self.quad_k1 = {name: self._fodo_k1(name) for name in ("l2", "l3")}
+            self.bend_angle = {n: self._bend_angle(n) for n in ("bc1", "bc2")}
+            self.l1x_voltage = self._linearising_voltage()
+            self.nominal_voltage = self._nominal_voltages()
+            self.twiss = self._matched_twiss()
+            LinacModel._nominal_cache[key] = {
+                name: getattr(self, name) for name in self._NOMINAL
+            }
+        for name, value in LinacModel._nominal_cache[key].items():
+            setattr(self, name, value)
         self._particles: torch.Tensor | None = None
 
     # -- the lattice ----------------------------------------------------------

@@ -20,19 +20,40 @@ import traceback
 # Suite name -> (module, what it measures).  A module has run() -> str.
 SUITES = {
     "core": ("bench.core", "no-op latency and platform overhead on the embedded bus"),
-    "bus": ("bench.bus", "publish -> consume throughput and latency, embedded and Kafka"),
-    "simulation": ("bench.simulation", "linac scan: service against a plain Cheetah loop; 1 vs 2 workers"),
-    "surrogate": ("bench.surrogate", "surrogate inference against Cheetah; training; error table"),
-    "warm_start": ("bench.warm_start", "warm against cold start for 100 reachable targets"),
-    "trip_classifier": ("bench.trip_classifier", "live classification rate, latency, macro-F1"),
-    "fel_gan": ("bench.fel_gan", "generated against simulated pulses per second; fidelity"),
+    "bus": (
+        "bench.bus",
+        "publish -> consume throughput and latency, embedded and Kafka",
+    ),
+    "simulation": (
+        "bench.simulation",
+        "linac scan: service against a plain Cheetah loop; 1 vs 2 workers",
+    ),
+    "surrogate": (
+        "bench.surrogate",
+        "surrogate inference against Cheetah; training; error table",
+    ),
+    "warm_start": (
+        "bench.warm_start",
+        "warm against cold start for 100 reachable targets",
+    ),
+    "trip_classifier": (
+        "bench.trip_classifier",
+        "live classification rate, latency, macro-F1",
+    ),
+    "fel_gan": (
+        "bench.fel_gan",
+        "generated against simulated pulses per second; fidelity",
+    ),
     "scaling": ("bench.scaling", "1 against 2 replicas on a two-node Ray cluster"),
 }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("suites", nargs="*", help="suites to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the suites")
     args = parser.parse_args()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import tempfile
 import textwrap
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.report import save, summary_ms, table
@@ -40,7 +39,6 @@ WORKFLOW = """\
 def round_trips(work: float, n: int, bus_url: str | None = None) -> list[float]:
     """Seconds from publish to the result's arrival, one request at a time."""
     from wakefield import api
-    from wakefield.events import Event
     from wakefield.loader import loads_workflow
 
     root = tempfile.mkdtemp(prefix="wf-bench-")
@@ -50,7 +48,9 @@ def round_trips(work: float, n: int, bus_url: str | None = None) -> list[float]:
     producer = bus.producer()
     results = bus.consumer(["bench.results"], group=None, start="latest")
     try:
-        _send(producer, results, run.run_id, "warm-up", timeout=120)  # actor up and polling
+        _send(
+            producer, results, run.run_id, "warm-up", timeout=120
+        )  # actor up and polling
         seconds = []
         for i in range(n):
             started = time.perf_counter()
@@ -84,8 +84,14 @@ def direct_calls(work: float, n: int) -> list[float]:
     from wakefield.service import HandlerContext, ServiceContext
     from wakefield.services.relay import Relay, RelayConfig
 
-    context = ServiceContext("bench", "relay", "direct", 0, Datastore(tempfile.mkdtemp()),
-                             "wakefield://bench/relay")
+    context = ServiceContext(
+        "bench",
+        "relay",
+        "direct",
+        0,
+        Datastore(tempfile.mkdtemp()),
+        "wakefield://bench/relay",
+    )
     relay = Relay(RelayConfig(work=work), context)
     seconds = []
     for i in range(n):
@@ -102,17 +108,42 @@ def run() -> str:
     platform = summary_ms(round_trips(WORK_SECONDS, N_WORK))
     direct = summary_ms(direct_calls(WORK_SECONDS, N_WORK))
     ratio = platform["mean_ms"] / direct["mean_ms"]
-    figures = {"noop": noop, "work_platform": platform, "work_direct": direct, "ratio": ratio}
+    figures = {
+        "noop": noop,
+        "work_platform": platform,
+        "work_direct": direct,
+        "ratio": ratio,
+    }
     save("core", figures)
     return (
-        table("no-op service, publish -> handler -> result (embedded bus, one at a time)",
-              [{"requests": noop["n"], "p50 ms": noop["p50_ms"], "p99 ms": noop["p99_ms"],
-                "mean ms": noop["mean_ms"]}])
-        + table(f"{WORK_SECONDS * 1e3:.0f} ms handler: through the platform against a direct call",
-                [{"path": "platform (publish -> actor -> result)", "n": platform["n"],
-                  "mean ms": platform["mean_ms"], "p99 ms": platform["p99_ms"]},
-                 {"path": "direct call", "n": direct["n"], "mean ms": direct["mean_ms"],
-                  "p99 ms": direct["p99_ms"]}])
+        table(
+            "no-op service, publish -> handler -> result (embedded bus, one at a time)",
+            [
+                {
+                    "requests": noop["n"],
+                    "p50 ms": noop["p50_ms"],
+                    "p99 ms": noop["p99_ms"],
+                    "mean ms": noop["mean_ms"],
+                }
+            ],
+        )
+        + table(
+            f"{WORK_SECONDS * 1e3:.0f} ms handler: through the platform against a direct call",
+            [
+                {
+                    "path": "platform (publish -> actor -> result)",
+                    "n": platform["n"],
+                    "mean ms": platform["mean_ms"],
+                    "p99 ms": platform["p99_ms"],
+                },
+                {
+                    "path": "direct call",
+                    "n": direct["n"],
+                    "mean ms": direct["mean_ms"],
+                    "p99 ms": direct["p99_ms"],
+                },
+            ],
+        )
         + f"  ratio platform / direct: {ratio:.3f}x\n"
     )
 

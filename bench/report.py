@@ -27,22 +27,36 @@ def percentile(values: Sequence[float], q: float) -> float:
 def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
     """p50, p99 and mean of durations, in milliseconds."""
     ms = [s * 1e3 for s in seconds]
-    return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
-            "mean_ms": statistics.fmean(ms), "n": len(ms)}
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms),
+        "n": len(ms),
+    }
 
 
-def table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+def table(
+    title: str, rows: list[dict[str, Any]], columns: list[str] | None = None
+) -> str:
     """A plain-text table; numbers get sensible precision."""
     if not rows:
         return f"{title}\n  (no rows)\n"
     columns = columns or list(rows[0])
     cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = [title, "  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines = [
+        title,
+        "  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
+    ]
     lines.append("  " + "  ".join("-" * w for w in widths))
     for row in cells:
-        lines.append("  " + "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w)
-                                       for v, w in zip(row, widths, strict=True)))
+        lines.append(
+            "  "
+            + "  ".join(
+                v.rjust(w) if _numeric(v) else v.ljust(w)
+                for v, w in zip(row, widths, strict=True)
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -72,6 +86,15 @@ def save(suite: str, figures: dict[str, Any]) -> Path:
     """Keep a suite's figures as JSON for later comparison."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{suite}.json"
-    path.write_text(json.dumps({"suite": suite, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "figures": figures}, indent=2, default=str))
+    path.write_text(
+        json.dumps(
+            {
+                "suite": suite,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "figures": figures,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return path

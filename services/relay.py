@@ -34,5 +34,10 @@ class Relay(Service):
         config: RelayConfig = self.config  # type: ignore[assignment]
         if config.work:
             time.sleep(config.work)
-        ctx.emit("out", config.type or event.type, event.data, dataref=event.dataref,
-                 subject=event.subject)
+        ctx.emit(
+            "out",
+            config.type or event.type,
+            event.data,
+            dataref=event.dataref,
+            subject=event.subject,
+        )

@@ -25,7 +25,7 @@ import xarray as xr
 from pydantic import Field, StrictBool, ValidationError, model_validator
 
 from wakefield.config import StrictModel
-from wakefield.datastore import Datastore, DatasetLayout, VariableLayout
+from wakefield.datastore import DatasetLayout, Datastore, VariableLayout
 from wakefield.design import Design, sample
 from wakefield.errors import RegistryError, ServiceError, SimulationError
 from wakefield.events import Event
@@ -87,7 +87,9 @@ class SimulationConfig(StrictModel):
             cls.Options.load(self.options)
         except ValidationError as exc:
             problems = "; ".join(
-                f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                for e in exc.errors()
+            )
             raise ValueError(f"simulator {self.simulator!r}: {problems}") from None
         return self
 
@@ -117,14 +119,22 @@ class Simulation(Service):
     def handle(self, event: Event, port: str, ctx: HandlerContext) -> None:
         config: SimulationConfig = self.config  # type: ignore[assignment]
         request = ScanRequest.load(event.data or {})
-        design = config.design.model_copy(update={
-            k: v for k, v in request.model_dump().items() if v is not None})
+        design = config.design.model_copy(
+            update={k: v for k, v in request.model_dump().items() if v is not None}
+        )
         design = Design.load(design.model_dump())
 
         started = time.monotonic()
-        ref, summary = run_scan(self.simulator, self.settings, design, config, ctx.datastore,
-                                ctx.dataset_uri(config.name), ctx.progress,
-                                extra_attrs={"run_id": ctx.run_id, "request": event.id})
+        ref, summary = run_scan(
+            self.simulator,
+            self.settings,
+            design,
+            config,
+            ctx.datastore,
+            ctx.dataset_uri(config.name),
+            ctx.progress,
+            extra_attrs={"run_id": ctx.run_id, "request": event.id},
+        )
         summary["seconds"] = round(time.monotonic() - started, 3)
         if config.plots:
             summary["plots"] = write_plots(ctx.datastore, ref.uri, self.simulator)
@@ -139,35 +149,59 @@ def make_simulator(name: str, options: dict[str, Any]) -> Simulator:
     return cls(cls.Options.load(options))
 
 
-def resolve_settings(declared: list[Setting], overrides: dict[str, SettingOverride]) -> list[Setting]:
+def resolve_settings(
+    declared: list[Setting], overrides: dict[str, SettingOverride]
+) -> list[Setting]:
     """The simulator's settings with the workflow's narrower ranges or fixed values."""
     by_name = {s.name: s for s in declared}
     unknown = sorted(set(overrides) - set(by_name))
     if unknown:
-        raise ServiceError(f"the simulator has no settings {unknown}; its settings: {sorted(by_name)}")
+        raise ServiceError(
+            f"the simulator has no settings {unknown}; its settings: {sorted(by_name)}"
+        )
     resolved = []
     for setting in declared:
         override = overrides.get(setting.name)
         if override is None:
             resolved.append(setting)
             continue
-        low, high = override.range if override.range else (override.value, override.value)
+        low, high = (
+            override.range if override.range else (override.value, override.value)
+        )
         if low < setting.low or high > setting.high:  # type: ignore[operator]
             raise ServiceError(
                 f"setting {setting.name}: [{low}, {high}] lies outside the simulator's limits "
-                f"[{setting.low}, {setting.high}] {setting.unit}")
+                f"[{setting.low}, {setting.high}] {setting.unit}"
+            )
         if override.value is not None:
-            resolved.append(setting.model_copy(update={"default": override.value,
-                                                       "range": (override.value, override.value)}))
+            resolved.append(
+                setting.model_copy(
+                    update={
+                        "default": override.value,
+                        "range": (override.value, override.value),
+                    }
+                )
+            )
         else:
             default = min(max(setting.default, low), high)  # type: ignore[type-var]
-            resolved.append(Setting.load({**setting.dump(), "range": [low, high], "default": default}))
+            resolved.append(
+                Setting.load(
+                    {**setting.dump(), "range": [low, high], "default": default}
+                )
+            )
     return resolved
 
 
-def run_scan(simulator: Simulator, settings: list[Setting], design: Design,
-             config: SimulationConfig, store: Datastore, uri: str,
-             progress: Any = None, extra_attrs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+def run_scan(
+    simulator: Simulator,
+    settings: list[Setting],
+    design: Design,
+    config: SimulationConfig,
+    store: Datastore,
+    uri: str,
+    progress: Any = None,
+    extra_attrs: dict[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """Sample, fan out over Ray tasks, write, publish; returns (reference, summary)."""
     import ray
 
@@ -179,13 +213,25 @@ def run_scan(simulator: Simulator, settings: list[Setting], design: Design,
             values[s.name] = np.full(n, s.low)
 
     outputs = simulator.outputs()
-    layout = _layout(store, uri, simulator, settings, outputs, n, config.chunk,
-                     _provenance(simulator, design, settings, extra_attrs))
+    layout = _layout(
+        store,
+        uri,
+        simulator,
+        settings,
+        outputs,
+        n,
+        config.chunk,
+        _provenance(simulator, design, settings, extra_attrs),
+    )
     remote = ray.remote(num_cpus=config.task_cpus)(_simulate_chunk)
     limit = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    payload = {"simulator": type(simulator).__module__ + ":" + type(simulator).__name__,
-               "options": simulator.options.dump()}
-    seeds = np.random.SeedSequence(design.seed).spawn((n + config.chunk - 1) // config.chunk)
+    payload = {
+        "simulator": type(simulator).__module__ + ":" + type(simulator).__name__,
+        "options": simulator.options.dump(),
+    }
+    seeds = np.random.SeedSequence(design.seed).spawn(
+        (n + config.chunk - 1) // config.chunk
+    )
 
     pending: list[Any] = []
     reasons: dict[int, str] = {}
@@ -194,8 +240,19 @@ def run_scan(simulator: Simulator, settings: list[Setting], design: Design,
         for index, start in enumerate(range(0, n, config.chunk)):
             stop = min(start + config.chunk, n)
             chunk = {k: v[start:stop] for k, v in values.items()}
-            pending.append(remote.remote(payload, chunk, seeds[index], store.url, layout.staging,
-                                         uri, layout.dims, layout.chunks, start))
+            pending.append(
+                remote.remote(
+                    payload,
+                    chunk,
+                    seeds[index],
+                    store.url,
+                    layout.staging,
+                    uri,
+                    layout.dims,
+                    layout.chunks,
+                    start,
+                )
+            )
             while len(pending) >= limit:
                 done, pending = _collect(pending, reasons, done, n, progress)
         while pending:
@@ -207,12 +264,18 @@ def run_scan(simulator: Simulator, settings: list[Setting], design: Design,
     ref = layout.publish()
     failed = len(reasons)
     log.info("scan %s: %s samples, %s flagged", uri, n, failed)
-    return ref, {"samples": n, "failed": failed, "method": design.method, "seed": design.seed,
-                 "settings": [s.name for s in settings]}
+    return ref, {
+        "samples": n,
+        "failed": failed,
+        "method": design.method,
+        "seed": design.seed,
+        "settings": [s.name for s in settings],
+    }
 
 
-def _collect(pending: list[Any], reasons: dict[int, str], done: int, total: int,
-             progress: Any) -> tuple[int, list[Any]]:
+def _collect(
+    pending: list[Any], reasons: dict[int, str], done: int, total: int, progress: Any
+) -> tuple[int, list[Any]]:
     import ray
 
     ready, pending = ray.wait(pending, num_returns=1)
@@ -228,9 +291,17 @@ def _collect(pending: list[Any], reasons: dict[int, str], done: int, total: int,
     return done, pending
 
 
-def _simulate_chunk(payload: dict[str, Any], chunk: dict[str, np.ndarray], seed: np.random.SeedSequence,
-                    root: str, staging: str, uri: str, dims: dict[str, int], chunks: dict[str, int],
-                    start: int) -> tuple[int, dict[int, str]]:
+def _simulate_chunk(
+    payload: dict[str, Any],
+    chunk: dict[str, np.ndarray],
+    seed: np.random.SeedSequence,
+    root: str,
+    staging: str,
+    uri: str,
+    dims: dict[str, int],
+    chunks: dict[str, int],
+    start: int,
+) -> tuple[int, dict[int, str]]:
     """One Ray task: simulate samples [start, start + len) and write their chunks."""
     simulator = make_simulator(payload["simulator"], payload["options"])
     n = len(next(iter(chunk.values())))
@@ -239,18 +310,26 @@ def _simulate_chunk(payload: dict[str, Any], chunk: dict[str, np.ndarray], seed:
         batch = simulator.simulate(chunk, rng)
         failures = {int(i): str(r) for i, r in batch.failures.items()}
         outputs = batch.outputs
-    except Exception as exc:  # the whole batch failed: flag every sample with the reason
+    except (
+        Exception
+    ) as exc:  # the whole batch failed: flag every sample with the reason
         log.exception("simulation of samples %s..%s failed", start, start + n)
-        failures = {i: f"simulator error: {type(exc).__name__}: {exc}" for i in range(n)}
+        failures = {
+            i: f"simulator error: {type(exc).__name__}: {exc}" for i in range(n)
+        }
         outputs = {}
 
     status = np.zeros(n, dtype=np.int8)
     data: dict[str, Any] = {}
     for out in simulator.outputs():
         shape = (n, *out.shape)
-        array = np.asarray(outputs.get(out.name, np.full(shape, _missing(out))), dtype=out.dtype)
+        array = np.asarray(
+            outputs.get(out.name, np.full(shape, _missing(out))), dtype=out.dtype
+        )
         if array.shape != shape:
-            raise SimulationError(f"output {out.name} has shape {array.shape}, declared {shape}")
+            raise SimulationError(
+                f"output {out.name} has shape {array.shape}, declared {shape}"
+            )
         if array.dtype.kind == "f":
             bad = ~np.isfinite(array.reshape(n, -1)).all(axis=1)
             for i in np.flatnonzero(bad):
@@ -274,32 +353,74 @@ def _missing(out: Output) -> Any:
     return np.nan if np.dtype(out.dtype).kind == "f" else -1
 
 
-def _layout(store: Datastore, uri: str, simulator: Simulator, settings: list[Setting],
-            outputs: list[Output], n: int, chunk: int, attrs: dict[str, Any]) -> DatasetLayout:
+def _layout(
+    store: Datastore,
+    uri: str,
+    simulator: Simulator,
+    settings: list[Setting],
+    outputs: list[Output],
+    n: int,
+    chunk: int,
+    attrs: dict[str, Any],
+) -> DatasetLayout:
     coords = simulator.coordinates()
     dims: dict[str, int] = {"sample": n}
     variables: dict[str, VariableLayout] = {}
     for s in settings:
-        variables[s.name] = VariableLayout(("sample",), "float64", attrs={
-            "units": s.unit, "long_name": s.description or s.name, "role": "setting",
-            "valid_range": list(s.range), "default": s.default})
+        variables[s.name] = VariableLayout(
+            ("sample",),
+            "float64",
+            attrs={
+                "units": s.unit,
+                "long_name": s.description or s.name,
+                "role": "setting",
+                "valid_range": list(s.range),
+                "default": s.default,
+            },
+        )
     for out in outputs:
         dims.update(zip(out.dims, out.shape, strict=True))
-        var_attrs: dict[str, Any] = {"units": out.unit, "long_name": out.description or out.name,
-                                     "role": "output"}
+        var_attrs: dict[str, Any] = {
+            "units": out.unit,
+            "long_name": out.description or out.name,
+            "role": "output",
+        }
         if out.categories:
-            var_attrs.update(flag_values=list(range(len(out.categories))),
-                             categories=list(out.categories))
-        variables[out.name] = VariableLayout(("sample", *out.dims), out.dtype, attrs=var_attrs)
-    variables["status"] = VariableLayout(("sample",), "int8", fill_value=STATUS_FAILED, attrs=STATUS_ATTRS)
-    variables["status_reason"] = VariableLayout(("sample",), "int32", fill_value=0, attrs={
-        "long_name": "index into the dataset attribute status_reasons (0: none)"})
+            var_attrs.update(
+                flag_values=list(range(len(out.categories))),
+                categories=list(out.categories),
+            )
+        variables[out.name] = VariableLayout(
+            ("sample", *out.dims), out.dtype, attrs=var_attrs
+        )
+    variables["status"] = VariableLayout(
+        ("sample",), "int8", fill_value=STATUS_FAILED, attrs=STATUS_ATTRS
+    )
+    variables["status_reason"] = VariableLayout(
+        ("sample",),
+        "int32",
+        fill_value=0,
+        attrs={
+            "long_name": "index into the dataset attribute status_reasons (0: none)"
+        },
+    )
     coord_arrays = {
-        name: xr.DataArray(c.values, dims=name, attrs={"units": c.unit, "long_name": c.description or name})
-        for name, c in coords.items() if name in dims
+        name: xr.DataArray(
+            c.values,
+            dims=name,
+            attrs={"units": c.unit, "long_name": c.description or name},
+        )
+        for name, c in coords.items()
+        if name in dims
     }
-    return store.layout(uri, dims=dims, variables=variables, coords=coord_arrays,
-                        chunks={"sample": chunk}, attrs=attrs)
+    return store.layout(
+        uri,
+        dims=dims,
+        variables=variables,
+        coords=coord_arrays,
+        chunks={"sample": chunk},
+        attrs=attrs,
+    )
 
 
 def _write_reasons(layout: DatasetLayout, reasons: dict[int, str], n: int) -> None:
@@ -310,7 +431,9 @@ def _write_reasons(layout: DatasetLayout, reasons: dict[int, str], n: int) -> No
         column[index] = code[text]
     import zarr
 
-    group = zarr.open_group(layout.store._store(layout.staging), mode="r+", zarr_format=3)
+    group = zarr.open_group(
+        layout.store._store(layout.staging), mode="r+", zarr_format=3
+    )
     group["status_reason"][...] = column
     layout.update_attrs({"status_reasons": texts})
 
@@ -319,13 +442,29 @@ def failure_reasons(ds: xr.Dataset) -> dict[int, str]:
     """Sample index -> why it is flagged, for every flagged sample of a scan."""
     texts = ds.attrs.get("status_reasons", [""])
     codes = ds["status_reason"].values
-    return {int(i): texts[codes[i]] or "flagged" for i in np.flatnonzero(ds["status"].values != STATUS_OK)}
+    return {
+        int(i): texts[codes[i]] or "flagged"
+        for i in np.flatnonzero(ds["status"].values != STATUS_OK)
+    }
 
 
-def _provenance(simulator: Simulator, design: Design, settings: list[Setting],
-                extra: dict[str, Any] | None) -> dict[str, Any]:
+def _provenance(
+    simulator: Simulator,
+    design: Design,
+    settings: list[Setting],
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
     packages = {}
-    for name in ("wakefield", "numpy", "scipy", "xarray", "zarr", "torch", "cheetah-accelerator", "ray"):
+    for name in (
+        "wakefield",
+        "numpy",
+        "scipy",
+        "xarray",
+        "zarr",
+        "torch",
+        "cheetah-accelerator",
+        "ray",
+    ):
         try:
             packages[name] = version(name)
         except PackageNotFoundError:
@@ -352,7 +491,10 @@ def write_plots(store: Datastore, uri: str, simulator: Simulator) -> list[str]:
     ds = store.open_dataset(uri)
     written = []
     folder = uri.rsplit("/", 1)[0] + "/plots"
-    for name, figure in (("settings_vs_outputs.png", scan_scatter(ds)), ("images.png", scan_images(ds))):
+    for name, figure in (
+        ("settings_vs_outputs.png", scan_scatter(ds)),
+        ("images.png", scan_images(ds)),
+    ):
         if figure is None:
             continue
         path = store.write_file(figure, f"{folder}/{name}")

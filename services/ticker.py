@@ -35,7 +35,9 @@ class Ticker(Service):
     Config = TickerConfig
     streaming = True
     summary = "Emit an event every interval (count times or until cancelled), optionally with a dataset."
-    outputs = {"ticks": "org.wakefield.tick, or org.wakefield.dataset.ready with samples > 0"}
+    outputs = {
+        "ticks": "org.wakefield.tick, or org.wakefield.dataset.ready with samples > 0"
+    }
 
     def tick(self, ctx: HandlerContext) -> float | None:
         config: TickerConfig = self.config  # type: ignore[assignment]
@@ -46,7 +48,12 @@ class Ticker(Service):
         if config.samples:
             ds = random_walk(config, number)
             ref = ctx.datastore.write_dataset(ds, ctx.dataset_uri("walk.zarr"))
-            ctx.emit("ticks", DATASET_READY, {"tick": number, "samples": config.samples}, dataref=ref)
+            ctx.emit(
+                "ticks",
+                DATASET_READY,
+                {"tick": number, "samples": config.samples},
+                dataref=ref,
+            )
         else:
             ctx.emit("ticks", TICK, {"tick": number})
         ctx.progress(number + 1, config.count or 0, f"tick {number + 1}")
@@ -59,7 +66,13 @@ def random_walk(config: TickerConfig, number: int) -> xr.Dataset:
     steps = rng.normal(size=(len(config.signals), config.samples))
     walks = np.cumsum(steps, axis=1)
     return xr.Dataset(
-        {name: ("sample", walks[i], {"units": "1", "long_name": f"random walk {name}"})
-         for i, name in enumerate(config.signals)},
+        {
+            name: (
+                "sample",
+                walks[i],
+                {"units": "1", "long_name": f"random walk {name}"},
+            )
+            for i, name in enumerate(config.signals)
+        },
         attrs={"tick": number, "seed": config.seed},
     )

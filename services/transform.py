@@ -62,7 +62,9 @@ class Slice(StrictModel):
     stop: int | None = None
 
 
-Step = Annotated[Keep | Drop | Rename | Affine | Reduce | Slice, Field(discriminator="op")]
+Step = Annotated[
+    Keep | Drop | Rename | Affine | Reduce | Slice, Field(discriminator="op")
+]
 
 
 class TransformConfig(StrictModel):
@@ -79,11 +81,15 @@ class Transform(Service):
     Config = TransformConfig
     summary = "Turn each referenced dataset into a new one (keep, drop, rename, affine, reduce, slice)."
     inputs = {"datasets": "events whose dataref is a dataset"}
-    outputs = {"datasets": "org.wakefield.dataset.ready with the new dataset's reference"}
+    outputs = {
+        "datasets": "org.wakefield.dataset.ready with the new dataset's reference"
+    }
 
     def handle(self, event: Event, port: str, ctx: HandlerContext) -> None:
         if event.dataref is None:
-            raise ServiceError(f"event {event.id} of type {event.type} carries no dataset reference")
+            raise ServiceError(
+                f"event {event.id} of type {event.type} carries no dataset reference"
+            )
         config: TransformConfig = self.config  # type: ignore[assignment]
 
         ds = ctx.datastore.open_dataset(event.dataref)
@@ -91,11 +97,17 @@ class Transform(Service):
             try:
                 ds = apply(ds, step)
             except (KeyError, ValueError) as exc:
-                raise ServiceError(f"step {i} ({step.op}) failed on {event.dataref.uri}: {exc}") from exc
+                raise ServiceError(
+                    f"step {i} ({step.op}) failed on {event.dataref.uri}: {exc}"
+                ) from exc
 
         ref = ctx.datastore.write_dataset(ds.load(), ctx.dataset_uri(config.name))
-        ctx.emit("datasets", DATASET_READY, {"variables": sorted(map(str, ds.data_vars)),
-                                             "sizes": dict(ds.sizes)}, dataref=ref)
+        ctx.emit(
+            "datasets",
+            DATASET_READY,
+            {"variables": sorted(map(str, ds.data_vars)), "sizes": dict(ds.sizes)},
+            dataref=ref,
+        )
 
 
 def apply(ds: xr.Dataset, step: StrictModel) -> xr.Dataset:

@@ -22,8 +22,13 @@ def ray_session() -> Iterator[None]:
     from wakefield.runtime.runner import _short_temp_dir
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, namespace="wakefield",
-                 logging_level="WARNING", _temp_dir=_short_temp_dir())
+        ray.init(
+            num_cpus=8,
+            include_dashboard=False,
+            namespace="wakefield",
+            logging_level="WARNING",
+            _temp_dir=_short_temp_dir(),
+        )
     yield
     ray.shutdown()
 
@@ -35,7 +40,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
     if os.environ.get("WAKEFIELD_REQUIRE_KAFKA") == "1":
         return
     # Without a broker the kafka-marked tests skip themselves; nothing to do here.

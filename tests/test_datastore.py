@@ -17,9 +17,13 @@ from wakefield.errors import DataRefError, DatastoreError, IntegrityError
 def _dataset(n: int = 100, seed: int = 0) -> xr.Dataset:
     rng = np.random.default_rng(seed)
     return xr.Dataset(
-        {"energy": ("sample", rng.normal(size=n), {"units": "eV"}),
-         "image": (("sample", "x", "y"), rng.random((n, 8, 8)).astype("float32"))},
-        coords={"x": np.arange(8), "y": np.arange(8)}, attrs={"seed": seed})
+        {
+            "energy": ("sample", rng.normal(size=n), {"units": "eV"}),
+            "image": (("sample", "x", "y"), rng.random((n, 8, 8)).astype("float32")),
+        },
+        coords={"x": np.arange(8), "y": np.arange(8)},
+        attrs={"seed": seed},
+    )
 
 
 def test_write_then_open_keeps_values_units_and_attrs(tmp_path: Path) -> None:
@@ -54,8 +58,11 @@ def test_tampering_is_detected(tmp_path: Path) -> None:
     """Changing a published file makes verification fail."""
     store = Datastore(tmp_path)
     ref = store.write_dataset(_dataset(), "a.zarr")
-    chunk = next(p for p in (tmp_path / "a.zarr" / "energy").rglob("*") if p.is_file()
-                 and p.name != "zarr.json")
+    chunk = next(
+        p
+        for p in (tmp_path / "a.zarr" / "energy").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
     chunk.write_bytes(chunk.read_bytes()[::-1])
     with pytest.raises(IntegrityError, match="changed after it was published"):
         store.open_dataset(ref, verify=True)
@@ -70,8 +77,18 @@ def test_reference_with_wrong_hash_is_refused(tmp_path: Path) -> None:
         store.open_dataset(wrong)
 
 
-@pytest.mark.parametrize("uri", ["../outside.zarr", "/etc/passwd", "a/../../b", "s3://bucket/x",
-                                 "file:///tmp/x", "", "."])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "../outside.zarr",
+        "/etc/passwd",
+        "a/../../b",
+        "s3://bucket/x",
+        "file:///tmp/x",
+        "",
+        ".",
+    ],
+)
 def test_references_cannot_leave_the_root(tmp_path: Path, uri: str) -> None:
     """Absolute paths, '..' and other schemes are refused."""
     with pytest.raises(DataRefError):
@@ -81,8 +98,12 @@ def test_references_cannot_leave_the_root(tmp_path: Path, uri: str) -> None:
 def test_unpublished_dataset_cannot_be_opened(tmp_path: Path) -> None:
     """A dataset whose writer has not finished is not visible."""
     store = Datastore(tmp_path)
-    layout = store.layout("half.zarr", dims={"sample": 10}, chunks={"sample": 5},
-                          variables={"v": VariableLayout(("sample",))})
+    layout = store.layout(
+        "half.zarr",
+        dims={"sample": 10},
+        chunks={"sample": 5},
+        variables={"v": VariableLayout(("sample",))},
+    )
     assert not store.exists("half.zarr")
     with pytest.raises(DatastoreError, match="has not finished"):
         store.open_dataset("half.zarr")
@@ -92,19 +113,27 @@ def test_unpublished_dataset_cannot_be_opened(tmp_path: Path) -> None:
 def test_regions_must_cover_whole_chunks(tmp_path: Path) -> None:
     """A region that shares a chunk with another writer is refused."""
     store = Datastore(tmp_path)
-    layout = store.layout("r.zarr", dims={"sample": 10}, chunks={"sample": 4},
-                          variables={"v": VariableLayout(("sample",))})
+    layout = store.layout(
+        "r.zarr",
+        dims={"sample": 10},
+        chunks={"sample": 4},
+        variables={"v": VariableLayout(("sample",))},
+    )
     part = xr.Dataset({"v": ("sample", np.ones(3))})
     with pytest.raises(DatastoreError, match="whole chunks"):
         layout.write_region(part, "sample", 2)
-    layout.write_region(xr.Dataset({"v": ("sample", np.ones(2))}), "sample", 8)  # the last, short chunk
+    layout.write_region(
+        xr.Dataset({"v": ("sample", np.ones(2))}), "sample", 8
+    )  # the last, short chunk
 
 
 def _write_part(root: str, staging: str, start: int, stop: int) -> None:
     from wakefield.datastore import DatasetLayout
 
     store = Datastore(root)
-    layout = DatasetLayout(store, "p.zarr", staging, {"sample": 1000, "x": 8, "y": 8}, {"sample": 125})
+    layout = DatasetLayout(
+        store, "p.zarr", staging, {"sample": 1000, "x": 8, "y": 8}, {"sample": 125}
+    )
     ds = _dataset(1000, seed=7).isel(sample=slice(start, stop))
     layout.write_region(ds.drop_vars(["x", "y"]), "sample", start)
 
@@ -114,13 +143,22 @@ def test_parallel_writers_fill_disjoint_chunks(tmp_path: Path) -> None:
     store = Datastore(tmp_path)
     full = _dataset(1000, seed=7)
     layout = store.layout(
-        "p.zarr", dims={"sample": 1000, "x": 8, "y": 8}, chunks={"sample": 125},
-        variables={"energy": VariableLayout(("sample",), attrs={"units": "eV"}),
-                   "image": VariableLayout(("sample", "x", "y"), "float32")},
-        coords={"x": full.x, "y": full.y})
+        "p.zarr",
+        dims={"sample": 1000, "x": 8, "y": 8},
+        chunks={"sample": 125},
+        variables={
+            "energy": VariableLayout(("sample",), attrs={"units": "eV"}),
+            "image": VariableLayout(("sample", "x", "y"), "float32"),
+        },
+        coords={"x": full.x, "y": full.y},
+    )
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_part, args=(str(tmp_path), layout.staging, s, s + 250))
-             for s in range(0, 1000, 250)]
+    procs = [
+        ctx.Process(
+            target=_write_part, args=(str(tmp_path), layout.staging, s, s + 250)
+        )
+        for s in range(0, 1000, 250)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -136,8 +174,11 @@ def test_parallel_writers_fill_disjoint_chunks(tmp_path: Path) -> None:
 def test_artifacts_round_trip_with_metadata(tmp_path: Path) -> None:
     """Artifact files and metadata come back as written, checked by hash."""
     store = Datastore(tmp_path)
-    ref = store.write_artifact({"weights.bin": b"\x00\x01", "config.json": b"{}"}, "models/m",
-                               meta={"inputs": ["a"]})
+    ref = store.write_artifact(
+        {"weights.bin": b"\x00\x01", "config.json": b"{}"},
+        "models/m",
+        meta={"inputs": ["a"]},
+    )
     assert ref.kind == "artifact"
     assert store.read_artifact(ref, "weights.bin") == b"\x00\x01"
     assert store.artifact_meta(ref) == {"inputs": ["a"]}

@@ -14,16 +14,25 @@ from wakefield.events import DataRef, Event, decode_data, encode_data
 def test_round_trip_keeps_every_attribute() -> None:
     """An event survives to_json/from_json with all its attributes."""
     ref = DataRef(uri="datasets/a.zarr", hash="sha256:" + "0" * 64)
-    event = Event(source="wakefield://w/s", type="org.example.x", subject="s1",
-                  data={"a": [1, 2.5, None]}, dataref=ref, runid="r1",
-                  correlationid="c1", causationid="k1")
+    event = Event(
+        source="wakefield://w/s",
+        type="org.example.x",
+        subject="s1",
+        data={"a": [1, 2.5, None]},
+        dataref=ref,
+        runid="r1",
+        correlationid="c1",
+        causationid="k1",
+    )
     back = Event.from_json(event.to_json())
     assert back == event
 
 
 def test_non_finite_floats_are_encoded_explicitly() -> None:
     """NaN and infinities never appear as bare tokens and come back as floats."""
-    event = Event(source="s", type="t", data={"x": math.nan, "y": [math.inf, -math.inf, 1.0]})
+    event = Event(
+        source="s", type="t", data={"x": math.nan, "y": [math.inf, -math.inf, 1.0]}
+    )
     raw = event.to_json().decode()
     assert "NaN" not in raw and "Infinity" not in raw
     body = json.loads(raw)
@@ -65,4 +74,6 @@ def test_numpy_values_become_json() -> None:
     """numpy arrays and scalars in data are encoded as plain lists and numbers."""
     np = pytest.importorskip("numpy")
     assert encode_data({"a": np.array([1.0, np.nan]), "b": np.float32(2)}) == {
-        "a": [1.0, {"$float": "nan"}], "b": 2.0}
+        "a": [1.0, {"$float": "nan"}],
+        "b": 2.0,
+    }

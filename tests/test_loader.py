@@ -59,7 +59,9 @@ def test_good_workflow_loads_and_reads_exponents_as_numbers(tmp_path: Path) -> N
 
 def test_exponent_with_capital_e_is_a_number() -> None:
     """1.0E6 is read as a number, never as a string."""
-    wf = loads_workflow(GOOD.replace("count: 2\n      publish", "count: 1.0E6\n      publish"))
+    wf = loads_workflow(
+        GOOD.replace("count: 2\n      publish", "count: 1.0E6\n      publish")
+    )
     assert wf.spec.services[0].config.count == 1_000_000
 
 
@@ -73,35 +75,55 @@ def test_unknown_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_duplicate_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A key given twice in one mapping is an error at the second one."""
-    err = _fails(GOOD.replace("count: 2\n      publish", "count: 2\n        count: 3\n      publish"),
-                 tmp_path, capsys)
+    err = _fails(
+        GOOD.replace(
+            "count: 2\n      publish", "count: 2\n        count: 3\n      publish"
+        ),
+        tmp_path,
+        capsys,
+    )
     assert "wf.yaml:12:9" in err and "duplicate key 'count'" in err
 
 
 def test_tab_in_indentation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A tab in indentation is named as such, with its position."""
-    err = _fails(GOOD.replace("      uses: ticker", "\t  uses: ticker"), tmp_path, capsys)
+    err = _fails(
+        GOOD.replace("      uses: ticker", "\t  uses: ticker"), tmp_path, capsys
+    )
     assert "wf.yaml:8:1" in err and "tab in indentation" in err
 
 
-def test_bare_no_is_not_a_boolean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bare_no_is_not_a_boolean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A bare `no` where a boolean is expected is refused instead of read as false."""
-    err = _fails(GOOD.replace("fail_on_deadletter: true", "fail_on_deadletter: no"), tmp_path, capsys)
+    err = _fails(
+        GOOD.replace("fail_on_deadletter: true", "fail_on_deadletter: no"),
+        tmp_path,
+        capsys,
+    )
     assert "spec.complete.fail_on_deadletter" in err
     assert "write true or false" in err and "'no'" in err
 
 
 def test_bare_off_stays_a_string_where_a_string_is_expected() -> None:
     """`off` is kept as the string it looks like (YAML 1.2), never turned into false."""
-    wf = loads_workflow(GOOD.replace("      config:\n        work: 0",
-                                     "      config:\n        work: 0\n        type: off"))
+    wf = loads_workflow(
+        GOOD.replace(
+            "      config:\n        work: 0",
+            "      config:\n        work: 0\n        type: off",
+        )
+    )
     assert wf.spec.services[1].config.type == "off"
 
 
-def test_yes_in_a_yaml_11_file_is_refused_for_a_string(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_yes_in_a_yaml_11_file_is_refused_for_a_string(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A file declared YAML 1.1 reads `yes` as a boolean; a string field then says to quote it."""
-    text = "%YAML 1.1\n---\n" + GOOD.replace("        work: 0", "        work: 0\n        type: yes")
+    text = "%YAML 1.1\n---\n" + GOOD.replace(
+        "        work: 0", "        work: 0\n        type: yes"
+    )
     err = _fails(text, tmp_path, capsys)
     assert "spec.services[1].config.type" in err and "quote the value" in err
 
@@ -115,7 +137,11 @@ def test_unknown_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_wrong_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A string where a number belongs shows the value found."""
-    err = _fails(GOOD.replace("count: 2\n      publish", "count: two\n      publish"), tmp_path, capsys)
+    err = _fails(
+        GOOD.replace("count: 2\n      publish", "count: two\n      publish"),
+        tmp_path,
+        capsys,
+    )
     assert "wf.yaml:11:9" in err and "'two'" in err and "valid integer" in err
 
 
@@ -129,7 +155,8 @@ def test_unwired_topic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_external_topic_is_allowed() -> None:
     """A topic declared external may be subscribed to without a publisher."""
     text = GOOD.replace("in: traps.ticks", "in: traps.inbox").replace(
-        "spec:\n", "spec:\n  topics:\n    - {name: traps.inbox, external: true}\n")
+        "spec:\n", "spec:\n  topics:\n    - {name: traps.inbox, external: true}\n"
+    )
     assert loads_workflow(text).spec.topics[0].external
 
 
@@ -139,7 +166,9 @@ def test_unknown_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "spec.services[1].publish.output" in err and "allowed: out" in err
 
 
-def test_unknown_api_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_api_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A workflow of an unknown version lists the versions this wakefield reads."""
     err = _fails(GOOD.replace("wakefield/v1", "wakefield/v7"), tmp_path, capsys)
     assert "wf.yaml:1:1" in err and "allowed: wakefield/v1" in err
@@ -169,9 +198,17 @@ def test_every_shipped_workflow_validates() -> None:
 def test_validate_command_in_a_subprocess(tmp_path: Path) -> None:
     """The installed command exits 2 and writes the error to stderr, nothing to stdout."""
     path = tmp_path / "bad.yaml"
-    path.write_text(GOOD.replace("count: 2\n      publish", "count: 2\n        count: 3\n      publish"))
-    proc = subprocess.run([sys.executable, "-m", "wakefield.cli", "validate", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    path.write_text(
+        GOOD.replace(
+            "count: 2\n      publish", "count: 2\n        count: 3\n      publish"
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "wakefield.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "duplicate key 'count'" in proc.stderr

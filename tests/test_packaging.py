@@ -24,8 +24,10 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     listed = set(config["tool"]["setuptools"]["packages"])
     found = set()
-    for top, name in ((REPO / "platform" / "wakefield", "wakefield"),
-                      (REPO / "services", "wakefield.services")):
+    for top, name in (
+        (REPO / "platform" / "wakefield", "wakefield"),
+        (REPO / "services", "wakefield.services"),
+    ):
         for init in top.rglob("__init__.py"):
             rel = init.parent.relative_to(top)
             found.add(".".join([name, *rel.parts]) if rel.parts else name)
@@ -56,6 +58,11 @@ def test_config_models_are_strict_and_use_strict_booleans() -> None:
     for cls in kind_classes().values():
         assert issubclass(cls.Config, StrictModel), cls
         _models(cls.Config, seen)
-    offenders = [f"{m.__name__}.{name}" for m in seen for name, f in m.model_fields.items()
-                 if f.annotation is bool and not any(getattr(x, "strict", False) for x in f.metadata)]
+    offenders = [
+        f"{m.__name__}.{name}"
+        for m in seen
+        for name, f in m.model_fields.items()
+        if f.annotation is bool
+        and not any(getattr(x, "strict", False) for x in f.metadata)
+    ]
     assert not offenders, offenders

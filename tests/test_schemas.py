@@ -28,7 +28,9 @@ def test_every_registered_kind_has_a_schema() -> None:
         assert f"services/{kind}.schema.json" in files
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "workflows").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "workflows").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_workflows_validate_against_the_json_schema(path: Path) -> None:
     """What an editor checks with workflow.schema.json agrees with wakefield's loader."""
     schema = json.loads((REPO / "schemas" / "workflow.schema.json").read_text())
@@ -39,8 +41,20 @@ def test_shipped_workflows_validate_against_the_json_schema(path: Path) -> None:
 def test_json_schema_rejects_an_unknown_field() -> None:
     """The editor schema forbids unknown keys, as the loader does."""
     schema = json.loads((REPO / "schemas" / "workflow.schema.json").read_text())
-    bad = {"apiVersion": "wakefield/v1", "kind": "Workflow", "metadata": {"name": "x"},
-           "spec": {"services": [{"name": "a", "uses": "relay", "subscribe": {"in": "t"},
-                                  "config": {"wrok": 1}}]}}
+    bad = {
+        "apiVersion": "wakefield/v1",
+        "kind": "Workflow",
+        "metadata": {"name": "x"},
+        "spec": {
+            "services": [
+                {
+                    "name": "a",
+                    "uses": "relay",
+                    "subscribe": {"in": "t"},
+                    "config": {"wrok": 1},
+                }
+            ]
+        },
+    }
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)

@@ -41,8 +41,10 @@ SCAN = """\
 @pytest.mark.parametrize("method", ["random", "lhs", "sobol", "halton"])
 def test_designs_are_seeded_and_inside_the_ranges(method: str) -> None:
     """Every design gives the same points for the same seed, inside each range."""
-    settings = [Setting(name="a", unit="deg", range=(-40, -20), default=-25),
-                Setting(name="b", unit="%", range=(50, 110), default=100)]
+    settings = [
+        Setting(name="a", unit="deg", range=(-40, -20), default=-25),
+        Setting(name="b", unit="%", range=(50, 110), default=100),
+    ]
     design = Design(method=method, samples=256, seed=11)
     first, second = sample(design, settings), sample(design, settings)
     np.testing.assert_array_equal(first["a"], second["a"])
@@ -71,8 +73,11 @@ def test_grid_is_full_factorial() -> None:
 def test_scan_flags_failed_samples_and_keeps_provenance(workdir: Path) -> None:
     """A scan writes every sample once; failed and non-finite samples are flagged
     with their reasons; units, a fixed setting and provenance are in the dataset."""
-    wf = loads_workflow(textwrap.dedent(SCAN.format(
-        options="{fail_above: 0.8, nan_below: -0.9}", method="sobol")))
+    wf = loads_workflow(
+        textwrap.dedent(
+            SCAN.format(options="{fail_above: 0.8, nan_below: -0.9}", method="sobol")
+        )
+    )
     result = api.run(wf)
     assert result.state == "completed", result.reason
     event = result.results["scan.datasets"][0]
@@ -91,7 +96,10 @@ def test_scan_flags_failed_samples_and_keeps_provenance(workdir: Path) -> None:
     assert all(reasons[i] == "non-finite y" for i in nonfinite)
     assert (ds.status.values[sorted(nonfinite)] == 2).all()
     assert event["data"]["failed"] == len(failed | nonfinite)
-    assert ds.attrs["design"]["seed"] == 3 and ds.attrs["simulator"] == "wakefield.testing:Analytic"
+    assert (
+        ds.attrs["design"]["seed"] == 3
+        and ds.attrs["simulator"] == "wakefield.testing:Analytic"
+    )
     assert ds.attrs["wakefield_version"] and "numpy" in ds.attrs["packages"]
     plots = event["data"]["plots"]
     assert plots and all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in plots)
@@ -108,7 +116,9 @@ def test_same_seed_gives_the_same_dataset(workdir: Path) -> None:
         uri = result.results["scan.datasets"][0]["dataref"]["uri"]
         datasets.append(Datastore(result.datastore).open_dataset(uri).load())
     for name in ("x", "y", "spot", "status"):
-        np.testing.assert_array_equal(datasets[0][name].values, datasets[1][name].values)
+        np.testing.assert_array_equal(
+            datasets[0][name].values, datasets[1][name].values
+        )
 
 
 def test_bad_simulator_options_are_caught_when_the_workflow_loads() -> None:
@@ -121,6 +131,7 @@ def test_bad_simulator_options_are_caught_when_the_workflow_loads() -> None:
 def test_unknown_simulator_lists_the_registered_ones() -> None:
     """An unknown simulator name is an error listing the registered simulators."""
     text = textwrap.dedent(SCAN.format(options="{}", method="sobol")).replace(
-        '"wakefield.testing:Analytic"', "nosuchsim")
+        '"wakefield.testing:Analytic"', "nosuchsim"
+    )
     with pytest.raises(WorkflowError, match="no plug-in named 'nosuchsim'"):
         loads_workflow(text)

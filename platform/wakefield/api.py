@@ -60,13 +60,28 @@ def connect(workflow: WorkflowLike | None = None, bus: str | None = None) -> Bus
     return open_bus(bus_url_of(_workflow(workflow), bus))
 
 
-def publish(workflow: WorkflowLike | None, topic: str, type: str, data: Any = None, *,
-            key: str | None = None, run_id: str | None = None, dataref: DataRef | None = None,
-            source: str = "wakefield://cli", subject: str | None = None,
-            bus: str | None = None) -> tuple[Event, Delivered]:
+def publish(
+    workflow: WorkflowLike | None,
+    topic: str,
+    type: str,
+    data: Any = None,
+    *,
+    key: str | None = None,
+    run_id: str | None = None,
+    dataref: DataRef | None = None,
+    source: str = "wakefield://cli",
+    subject: str | None = None,
+    bus: str | None = None,
+) -> tuple[Event, Delivered]:
     """Publish one event; returns it and where it was stored."""
-    event = Event(source=source, type=type, data=data, dataref=dataref, runid=run_id,
-                  subject=subject)
+    event = Event(
+        source=source,
+        type=type,
+        data=data,
+        dataref=dataref,
+        runid=run_id,
+        subject=subject,
+    )
     connection = connect(workflow, bus)
     try:
         delivered = connection.producer().publish(topic, event, key=key or run_id)
@@ -75,9 +90,16 @@ def publish(workflow: WorkflowLike | None, topic: str, type: str, data: Any = No
     return event, delivered
 
 
-def subscribe(workflow: WorkflowLike | None, *topics: str, start: str = "latest",
-              run_id: str | None = None, type: str | None = None, count: int | None = None,
-              timeout: float | None = None, bus: str | None = None) -> Iterator[Event]:
+def subscribe(
+    workflow: WorkflowLike | None,
+    *topics: str,
+    start: str = "latest",
+    run_id: str | None = None,
+    type: str | None = None,
+    count: int | None = None,
+    timeout: float | None = None,
+    bus: str | None = None,
+) -> Iterator[Event]:
     """Yield events of ``topics`` as they arrive (``start``: earliest or latest)."""
     connection = connect(workflow, bus)
     consumer = connection.consumer(list(topics), group=None, start=start)  # type: ignore[arg-type]
@@ -121,25 +143,47 @@ def status(workflow: WorkflowLike, run_id: str, *, bus: str | None = None) -> Ru
     return summary
 
 
-def cancel(workflow: WorkflowLike, run_id: str, *, reason: str = "cancelled with wakefield cancel",
-           bus: str | None = None) -> Event:
+def cancel(
+    workflow: WorkflowLike,
+    run_id: str,
+    *,
+    reason: str = "cancelled with wakefield cancel",
+    bus: str | None = None,
+) -> Event:
     """Ask a running run to stop; it finishes the events in hand first."""
     wf = _workflow(workflow)
-    event, _ = publish(wf, wf.control_topic, CONTROL, {"action": "cancel", "reason": reason},
-                       run_id=run_id, bus=bus)
+    event, _ = publish(
+        wf,
+        wf.control_topic,
+        CONTROL,
+        {"action": "cancel", "reason": reason},
+        run_id=run_id,
+        bus=bus,
+    )
     return event
 
 
-def scale(workflow: WorkflowLike, run_id: str, service: str, replicas: int, *,
-          bus: str | None = None) -> Event:
+def scale(
+    workflow: WorkflowLike,
+    run_id: str,
+    service: str,
+    replicas: int,
+    *,
+    bus: str | None = None,
+) -> Event:
     """Ask a running run to run ``replicas`` actors of ``service``."""
     wf = _workflow(workflow)
     wf.service(service)  # raises KeyError for an unknown service
     if replicas < 0:
         raise ValueError("replicas cannot be negative")
-    event, _ = publish(wf, wf.control_topic, CONTROL,
-                       {"action": "scale", "service": service, "replicas": replicas},
-                       run_id=run_id, bus=bus)
+    event, _ = publish(
+        wf,
+        wf.control_topic,
+        CONTROL,
+        {"action": "scale", "service": service, "replicas": replicas},
+        run_id=run_id,
+        bus=bus,
+    )
     return event
 
 

@@ -78,19 +78,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
             wf = api.validate(file)
         except WorkflowError as exc:
             failed += 1
-            results.append({"file": file, "valid": False, "problems": [
-                {k: v for k, v in vars(p).items() if v is not None} for p in exc.problems]})
+            results.append(
+                {
+                    "file": file,
+                    "valid": False,
+                    "problems": [
+                        {k: v for k, v in vars(p).items() if v is not None}
+                        for p in exc.problems
+                    ],
+                }
+            )
             if args.output == "text":
                 print(exc, file=sys.stderr)
             continue
-        summary = {"file": file, "valid": True, "workflow": wf.name,
-                   "services": [s.name for s in wf.spec.services],
-                   "streaming": wf.spec.complete is None}
+        summary = {
+            "file": file,
+            "valid": True,
+            "workflow": wf.name,
+            "services": [s.name for s in wf.spec.services],
+            "streaming": wf.spec.complete is None,
+        }
         results.append(summary)
         if args.output == "text":
             mode = "streaming" if summary["streaming"] else "batch"
-            print(f"{file}: ok — workflow {wf.name!r}, {mode}, services: "
-                  + ", ".join(f"{s.name} ({s.uses})" for s in wf.spec.services))
+            print(
+                f"{file}: ok — workflow {wf.name!r}, {mode}, services: "
+                + ", ".join(f"{s.name} ({s.uses})" for s in wf.spec.services)
+            )
     if args.output == "json":
         _json(results if len(results) > 1 else results[0])
     return EXIT_USAGE if failed else EXIT_OK
@@ -100,8 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     wf = api.validate(args.file)
     view = _ProgressView(wf, enabled=not args.no_progress and args.output == "text")
     options: dict[str, Any] = {
-        "bus_url": args.bus, "datastore": args.datastore, "ray_address": args.ray_address,
-        "timeout": args.timeout, "on_status": view.status, "on_result": view.result,
+        "bus_url": args.bus,
+        "datastore": args.datastore,
+        "ray_address": args.ray_address,
+        "timeout": args.timeout,
+        "on_status": view.status,
+        "on_result": view.result,
     }
     if args.resume:
         options.update(run_id=args.resume, resume=True)
@@ -130,11 +148,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         _json(data)
     else:
-        print(f"run {data['run_id']}: {data['state']}" + (f" ({data['reason']})" if data["reason"] else ""))
+        print(
+            f"run {data['run_id']}: {data['state']}"
+            + (f" ({data['reason']})" if data["reason"] else "")
+        )
         for name, svc in data["services"].items():
-            progress = "" if svc["progress"] is None else f", {100 * svc['progress']:.0f} %"
+            progress = (
+                "" if svc["progress"] is None else f", {100 * svc['progress']:.0f} %"
+            )
             extra = f", {svc['restarts']} restarts" if svc["restarts"] else ""
-            extra += f", {svc['deadlettered']} dead-lettered" if svc["deadlettered"] else ""
+            extra += (
+                f", {svc['deadlettered']} dead-lettered" if svc["deadlettered"] else ""
+            )
             extra += f", error: {svc['error']}" if svc["error"] else ""
             print(f"  {name}: {svc['up']}/{svc['replicas']} up{progress}{extra}")
     return EXIT_OK
@@ -142,8 +167,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     wf = _workflow_for(args, required=False)
-    for event in api.subscribe(wf, *args.topics, start=args.start, run_id=args.run,
-                               type=args.type, count=args.count, timeout=args.timeout, bus=args.bus):
+    for event in api.subscribe(
+        wf,
+        *args.topics,
+        start=args.start,
+        run_id=args.run,
+        type=args.type,
+        count=args.count,
+        timeout=args.timeout,
+        bus=args.bus,
+    ):
         line = event.to_json().decode() if args.output == "json" else _event_line(event)
         print(line, flush=True)
     return EXIT_OK
@@ -152,31 +185,56 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     wf = _workflow_for(args, required=False)
     data = _read_data(args)
-    event, delivered = api.publish(wf, args.topic, args.type, data, key=args.key, run_id=args.run,
-                                   source=args.source, bus=args.bus)
-    info = {"id": event.id, "topic": delivered.topic, "partition": delivered.partition,
-            "offset": delivered.offset}
+    event, delivered = api.publish(
+        wf,
+        args.topic,
+        args.type,
+        data,
+        key=args.key,
+        run_id=args.run,
+        source=args.source,
+        bus=args.bus,
+    )
+    info = {
+        "id": event.id,
+        "topic": delivered.topic,
+        "partition": delivered.partition,
+        "offset": delivered.offset,
+    }
     if args.output == "json":
         _json(info)
     else:
-        print(f"published {event.id} to {delivered.topic}[{delivered.partition}]@{delivered.offset}")
+        print(
+            f"published {event.id} to {delivered.topic}[{delivered.partition}]@{delivered.offset}"
+        )
     return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     wf = _workflow_for(args)
     event = api.cancel(wf, args.run_id, reason=args.reason, bus=args.bus)
-    _say(args, {"requested": "cancel", "run_id": args.run_id, "event": event.id},
-         f"asked run {args.run_id} to cancel")
+    _say(
+        args,
+        {"requested": "cancel", "run_id": args.run_id, "event": event.id},
+        f"asked run {args.run_id} to cancel",
+    )
     return EXIT_OK
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
     wf = _workflow_for(args)
     event = api.scale(wf, args.run_id, args.service, args.replicas, bus=args.bus)
-    _say(args, {"requested": "scale", "run_id": args.run_id, "service": args.service,
-                "replicas": args.replicas, "event": event.id},
-         f"asked run {args.run_id} to run {args.replicas} replicas of {args.service}")
+    _say(
+        args,
+        {
+            "requested": "scale",
+            "run_id": args.run_id,
+            "service": args.service,
+            "replicas": args.replicas,
+            "event": event.id,
+        },
+        f"asked run {args.run_id} to run {args.replicas} replicas of {args.service}",
+    )
     return EXIT_OK
 
 
@@ -190,8 +248,14 @@ def cmd_services(args: argparse.Namespace) -> int:
             _json(kinds[args.kind])
             return EXIT_OK
         info = kinds[args.kind]
-        print(f"{args.kind} (v{info['version']}{', streaming' if info['streaming'] else ''})")
-        print(textwrap.fill(info["summary"], 78, initial_indent="  ", subsequent_indent="  "))
+        print(
+            f"{args.kind} (v{info['version']}{', streaming' if info['streaming'] else ''})"
+        )
+        print(
+            textwrap.fill(
+                info["summary"], 78, initial_indent="  ", subsequent_indent="  "
+            )
+        )
         for label in ("inputs", "outputs"):
             for port, text in info[label].items():
                 print(f"  {label[:-1]} {port}: {text}")
@@ -214,8 +278,11 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     if args.check:
         stale = schemas.stale(out)
         if stale:
-            _error(args, f"schemas in {out} are out of date: {', '.join(stale)}; "
-                   f"run 'wakefield schemas --out {out}'")
+            _error(
+                args,
+                f"schemas in {out} are out of date: {', '.join(stale)}; "
+                f"run 'wakefield schemas --out {out}'",
+            )
             return EXIT_FAILED
         print(f"schemas in {out} are current", file=sys.stderr)
         return EXIT_OK
@@ -230,108 +297,221 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="wakefield", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"wakefield {__version__}")
+        prog="wakefield",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"wakefield {__version__}"
+    )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                        help="text for people (default) or json for programs")
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log messages on stderr (-v info, -vv debug)")
+    common.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default) or json for programs",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log messages on stderr (-v info, -vv debug)",
+    )
     bus = argparse.ArgumentParser(add_help=False)
-    bus.add_argument("-f", "--workflow", metavar="FILE",
-                     help="the workflow whose bus and topics to use")
-    bus.add_argument("--bus", metavar="URL",
-                     help="kafka://HOST:PORT or embedded://PATH (overrides the workflow's bus; "
-                          "default embedded://.wakefield/bus)")
+    bus.add_argument(
+        "-f",
+        "--workflow",
+        metavar="FILE",
+        help="the workflow whose bus and topics to use",
+    )
+    bus.add_argument(
+        "--bus",
+        metavar="URL",
+        help="kafka://HOST:PORT or embedded://PATH (overrides the workflow's bus; "
+        "default embedded://.wakefield/bus)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, func: Any, help: str, description: str, parents: list[Any]) -> Any:
-        p = sub.add_parser(name, help=help, description=description, parents=parents,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    def add(
+        name: str, func: Any, help: str, description: str, parents: list[Any]
+    ) -> Any:
+        p = sub.add_parser(
+            name,
+            help=help,
+            description=description,
+            parents=parents,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(func=func)
         return p
 
-    p = add("validate", cmd_validate, "check workflow files without running them",
-            "Check workflow files: structure, every service's config, ports and topic wiring.\n"
-            "Errors name the file, line, column and field. Exit 2 if any file is invalid.",
-            [common])
+    p = add(
+        "validate",
+        cmd_validate,
+        "check workflow files without running them",
+        "Check workflow files: structure, every service's config, ports and topic wiring.\n"
+        "Errors name the file, line, column and field. Exit 2 if any file is invalid.",
+        [common],
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
 
-    p = add("run", cmd_run, "run a workflow here, in the foreground, with progress",
-            "Run a workflow in the foreground with local Ray (or --ray-address), showing\n"
-            "progress on stderr. Ctrl-C cancels cleanly; a cancelled or crashed run\n"
-            "continues from its committed offsets with --resume RUN_ID.\n\n"
-            "examples:\n  wakefield run workflows/hello.yaml\n"
-            "  wakefield run workflows/hello.yaml --bus kafka://localhost:9092\n"
-            "  wakefield run workflows/hello.yaml --resume hello-20261203-101500-ab12",
-            [common])
+    p = add(
+        "run",
+        cmd_run,
+        "run a workflow here, in the foreground, with progress",
+        "Run a workflow in the foreground with local Ray (or --ray-address), showing\n"
+        "progress on stderr. Ctrl-C cancels cleanly; a cancelled or crashed run\n"
+        "continues from its committed offsets with --resume RUN_ID.\n\n"
+        "examples:\n  wakefield run workflows/hello.yaml\n"
+        "  wakefield run workflows/hello.yaml --bus kafka://localhost:9092\n"
+        "  wakefield run workflows/hello.yaml --resume hello-20261203-101500-ab12",
+        [common],
+    )
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--bus", metavar="URL", help="kafka://HOST:PORT or embedded://PATH instead of the workflow's bus")
-    p.add_argument("--datastore", metavar="URI", help="datastore root (a folder or s3://...) instead of the workflow's")
-    p.add_argument("--run-id", metavar="ID", help="name the run (default: WORKFLOW-DATE-TIME-XXXX)")
-    p.add_argument("--resume", metavar="RUN_ID", help="continue a run that stopped, from its committed offsets")
-    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start one locally)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="fail the run after this long")
+    p.add_argument(
+        "--bus",
+        metavar="URL",
+        help="kafka://HOST:PORT or embedded://PATH instead of the workflow's bus",
+    )
+    p.add_argument(
+        "--datastore",
+        metavar="URI",
+        help="datastore root (a folder or s3://...) instead of the workflow's",
+    )
+    p.add_argument(
+        "--run-id", metavar="ID", help="name the run (default: WORKFLOW-DATE-TIME-XXXX)"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a run that stopped, from its committed offsets",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="an existing Ray cluster (default: start one locally)",
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="fail the run after this long"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = add("status", cmd_status, "show what a run is doing",
-            "Show a run's state, its services' replicas and progress, restarts and\n"
-            "dead letters, from the workflow's status topic.", [common, bus])
+    p = add(
+        "status",
+        cmd_status,
+        "show what a run is doing",
+        "Show a run's state, its services' replicas and progress, restarts and\n"
+        "dead letters, from the workflow's status topic.",
+        [common, bus],
+    )
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--name", dest="workflow_name", metavar="WORKFLOW",
-                   help="the workflow's name, if no -f FILE is given")
+    p.add_argument(
+        "--name",
+        dest="workflow_name",
+        metavar="WORKFLOW",
+        help="the workflow's name, if no -f FILE is given",
+    )
 
-    p = add("subscribe", cmd_subscribe, "print events of topics as they arrive",
-            "Print the events of topics, one per line, as they arrive (Ctrl-C to stop).\n\n"
-            "examples:\n  wakefield subscribe -f workflows/hello.yaml hello.calibrated\n"
-            "  wakefield subscribe --bus kafka://localhost:9092 trips.results --from earliest -o json",
-            [common, bus])
+    p = add(
+        "subscribe",
+        cmd_subscribe,
+        "print events of topics as they arrive",
+        "Print the events of topics, one per line, as they arrive (Ctrl-C to stop).\n\n"
+        "examples:\n  wakefield subscribe -f workflows/hello.yaml hello.calibrated\n"
+        "  wakefield subscribe --bus kafka://localhost:9092 trips.results --from earliest -o json",
+        [common, bus],
+    )
     p.add_argument("topics", nargs="+", metavar="TOPIC")
-    p.add_argument("--from", dest="start", choices=("earliest", "latest"), default="latest",
-                   help="start at the oldest event kept or at new ones (default)")
+    p.add_argument(
+        "--from",
+        dest="start",
+        choices=("earliest", "latest"),
+        default="latest",
+        help="start at the oldest event kept or at new ones (default)",
+    )
     p.add_argument("--run", metavar="RUN_ID", help="only events of this run")
     p.add_argument("--type", metavar="TYPE", help="only events of this type")
     p.add_argument("--count", type=int, metavar="N", help="stop after N events")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop after this long"
+    )
 
-    p = add("publish", cmd_publish, "publish one event to a topic",
-            "Publish one event (a CloudEvent with JSON data) to a topic.\n\n"
-            "example:\n  wakefield publish -f workflows/hello.yaml hello.raw --type org.example.note "
-            "--data '{\"x\": 1}'", [common, bus])
+    p = add(
+        "publish",
+        cmd_publish,
+        "publish one event to a topic",
+        "Publish one event (a CloudEvent with JSON data) to a topic.\n\n"
+        "example:\n  wakefield publish -f workflows/hello.yaml hello.raw --type org.example.note "
+        "--data '{\"x\": 1}'",
+        [common, bus],
+    )
     p.add_argument("topic", metavar="TOPIC")
-    p.add_argument("--type", required=True, help="the event type, e.g. org.example.request")
+    p.add_argument(
+        "--type", required=True, help="the event type, e.g. org.example.request"
+    )
     p.add_argument("--data", metavar="JSON", help="the event data as JSON")
-    p.add_argument("--data-file", metavar="FILE", help="read the data from a JSON file ('-' for stdin)")
+    p.add_argument(
+        "--data-file",
+        metavar="FILE",
+        help="read the data from a JSON file ('-' for stdin)",
+    )
     p.add_argument("--key", help="partition key (default: the run id)")
     p.add_argument("--run", metavar="RUN_ID", help="the run the event belongs to")
     p.add_argument("--source", default="wakefield://cli", help="the event source URI")
 
-    p = add("cancel", cmd_cancel, "ask a run to stop",
-            "Ask a running run to stop: its services finish the event in hand, nothing\n"
-            "already accepted is lost, and it can be resumed later.", [common, bus])
+    p = add(
+        "cancel",
+        cmd_cancel,
+        "ask a run to stop",
+        "Ask a running run to stop: its services finish the event in hand, nothing\n"
+        "already accepted is lost, and it can be resumed later.",
+        [common, bus],
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--reason", default="cancelled with wakefield cancel")
     p.add_argument("--name", dest="workflow_name", metavar="WORKFLOW")
 
-    p = add("scale", cmd_scale, "change the replicas of a running service",
-            "Run more or fewer replicas of a service; they share its input partitions.",
-            [common, bus])
+    p = add(
+        "scale",
+        cmd_scale,
+        "change the replicas of a running service",
+        "Run more or fewer replicas of a service; they share its input partitions.",
+        [common, bus],
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("service", metavar="SERVICE")
     p.add_argument("replicas", type=int, metavar="N")
     p.add_argument("--name", dest="workflow_name", metavar="WORKFLOW")
 
-    p = add("services", cmd_services, "list service kinds, or describe one",
-            "List the registered service kinds, or describe one: its ports and config fields.",
-            [common])
+    p = add(
+        "services",
+        cmd_services,
+        "list service kinds, or describe one",
+        "List the registered service kinds, or describe one: its ports and config fields.",
+        [common],
+    )
     p.add_argument("kind", nargs="?", metavar="KIND")
 
-    p = add("schemas", cmd_schemas, "write JSON Schemas of workflows, events and service configs",
-            "Write the JSON Schemas of the workflow document, the event envelope and each\n"
-            "service kind's config; editors use them to check workflow YAML.", [common])
-    p.add_argument("--out", default="schemas", metavar="DIR", help="where to write (default: schemas)")
-    p.add_argument("--check", action="store_true", help="only check that the files are current")
+    p = add(
+        "schemas",
+        cmd_schemas,
+        "write JSON Schemas of workflows, events and service configs",
+        "Write the JSON Schemas of the workflow document, the event envelope and each\n"
+        "service kind's config; editors use them to check workflow YAML.",
+        [common],
+    )
+    p.add_argument(
+        "--out",
+        default="schemas",
+        metavar="DIR",
+        help="where to write (default: schemas)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="only check that the files are current"
+    )
     return parser
 
 
@@ -345,7 +525,10 @@ class _ProgressView:
         self.enabled = enabled and sys.stderr.isatty() or enabled and _force_progress()
         self.bars: dict[str, Any] = {}
         self.wf = wf
-        self.targets = {c.topic: c.count for c in (wf.spec.complete.when if wf.spec.complete else [])}
+        self.targets = {
+            c.topic: c.count
+            for c in (wf.spec.complete.when if wf.spec.complete else [])
+        }
         self.counts: dict[str, int] = {}
         self.quiet = not enabled
 
@@ -353,8 +536,14 @@ class _ProgressView:
         from tqdm import tqdm
 
         if name not in self.bars:
-            self.bars[name] = tqdm(total=total or None, desc=name, file=sys.stderr,
-                                   leave=True, dynamic_ncols=True, position=len(self.bars))
+            self.bars[name] = tqdm(
+                total=total or None,
+                desc=name,
+                file=sys.stderr,
+                leave=True,
+                dynamic_ncols=True,
+                position=len(self.bars),
+            )
         return self.bars[name]
 
     def status(self, event: Event) -> None:
@@ -424,7 +613,9 @@ def _workflow_for(args: argparse.Namespace, required: bool = True) -> Any:
     if name:
         return _named_workflow(name)
     if required:
-        raise ValueError("give the workflow with -f FILE (or its name with --name WORKFLOW and --bus URL)")
+        raise ValueError(
+            "give the workflow with -f FILE (or its name with --name WORKFLOW and --bus URL)"
+        )
     return None
 
 
@@ -432,13 +623,16 @@ def _named_workflow(name: str) -> Any:
     """A stand-in for a workflow known only by name: enough for its topics."""
     from .loader import loads_workflow
 
-    return loads_workflow(textwrap.dedent(f"""\
+    return loads_workflow(
+        textwrap.dedent(f"""\
         apiVersion: wakefield/v1
         kind: Workflow
         metadata: {{name: {name}}}
         spec:
           services: [{{name: control, uses: relay, subscribe: {{in: {name}.control}}}}]
-        """), filename="--name")
+        """),
+        filename="--name",
+    )
 
 
 def _read_data(args: argparse.Namespace) -> Any:
@@ -446,7 +640,11 @@ def _read_data(args: argparse.Namespace) -> Any:
         raise ValueError("give --data or --data-file, not both")
     text = args.data
     if args.data_file is not None:
-        text = sys.stdin.read() if args.data_file == "-" else Path(args.data_file).read_text()
+        text = (
+            sys.stdin.read()
+            if args.data_file == "-"
+            else Path(args.data_file).read_text()
+        )
     if text is None:
         return None
     try:
@@ -459,14 +657,20 @@ def _describe_schema(schema: dict[str, Any]) -> list[str]:
     lines = []
     required = set(schema.get("required", []))
     for name, prop in schema.get("properties", {}).items():
-        kind = prop.get("type") or ("|".join(str(a.get("type", a.get("$ref", "?")).split("/")[-1])
-                                             for a in prop.get("anyOf", [])) or "object")
+        kind = prop.get("type") or (
+            "|".join(
+                str(a.get("type", a.get("$ref", "?")).split("/")[-1])
+                for a in prop.get("anyOf", [])
+            )
+            or "object"
+        )
         default = f" = {json.dumps(prop['default'])}" if "default" in prop else ""
         flag = " (required)" if name in required else ""
         lines.append(f"{name}: {kind}{default}{flag}")
         if prop.get("description"):
-            lines += textwrap.wrap(prop["description"], 70, initial_indent="    ",
-                                   subsequent_indent="    ")
+            lines += textwrap.wrap(
+                prop["description"], 70, initial_indent="    ", subsequent_indent="    "
+            )
     return lines
 
 
@@ -481,16 +685,29 @@ def _json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _error(args: argparse.Namespace, message: str, problems: list[Any] | None = None) -> None:
+def _error(
+    args: argparse.Namespace, message: str, problems: list[Any] | None = None
+) -> None:
     if getattr(args, "output", "text") == "json":
-        print(json.dumps({"error": message, "problems": problems or []}, default=str), file=sys.stderr)
+        print(
+            json.dumps({"error": message, "problems": problems or []}, default=str),
+            file=sys.stderr,
+        )
     else:
         print(f"error: {message}", file=sys.stderr)
 
 
 def _logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = (
+        logging.WARNING
+        if verbosity == 0
+        else logging.INFO
+        if verbosity == 1
+        else logging.DEBUG
+    )
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 if __name__ == "__main__":

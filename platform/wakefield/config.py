@@ -12,17 +12,43 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2,
-    "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
-    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
-    "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
 }
 
 
@@ -87,19 +113,32 @@ Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     PlainSerializer(lambda s: s, return_type=float),
-    WithJsonSchema({"anyOf": [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": _DURATION.pattern},
-    ], "description": "seconds, or a number with a unit: ms, s, m, h, d"}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ],
+            "description": "seconds, or a number with a unit: ms, s, m, h, d",
+        }
+    ),
 ]
 """A duration in seconds; YAML may write ``30s``, ``5m``, ``250ms``."""
 
 ByteSize = Annotated[
     int,
     BeforeValidator(parse_size),
-    WithJsonSchema({"anyOf": [
-        {"type": "integer", "minimum": 0},
-        {"type": "string", "pattern": "^\\s*\\d+(\\.\\d*)?\\s*([KMGTkmgt]i?[Bb]?|[Bb])?\\s*$"},
-    ], "description": "bytes, or a size such as 512MiB or 2GiB"}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {
+                    "type": "string",
+                    "pattern": "^\\s*\\d+(\\.\\d*)?\\s*([KMGTkmgt]i?[Bb]?|[Bb])?\\s*$",
+                },
+            ],
+            "description": "bytes, or a size such as 512MiB or 2GiB",
+        }
+    ),
 ]
 """A size in bytes; YAML may write ``512MiB`` or ``2GiB``."""

@@ -50,7 +50,10 @@ class Datastore:
     def __init__(self, root: str | Path) -> None:
         root = str(root)
         self.fs, path = fsspec.core.url_to_fs(root)
-        self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+        self.local = (
+            self.fs.protocol in ("file", ("file", "local"))
+            or "file" in self.fs.protocol
+        )
         self.root = str(Path(path).resolve()) if self.local else path.rstrip("/")
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
@@ -63,14 +66,21 @@ class Datastore:
 
     def resolve(self, uri: str) -> str:
         """The full path of a reference, refusing any that leaves the root."""
-        if not uri or "://" in uri or uri.startswith(("/", "\\")) or ":" in uri.split("/")[0]:
+        if (
+            not uri
+            or "://" in uri
+            or uri.startswith(("/", "\\"))
+            or ":" in uri.split("/")[0]
+        ):
             raise DataRefError(
                 f"data reference {uri!r} must be a relative path inside the datastore "
                 f"root {self.url} (no scheme, no leading /)"
             )
         clean = posixpath.normpath(uri)
         if clean == ".." or clean.startswith("../") or clean == ".":
-            raise DataRefError(f"data reference {uri!r} points outside the datastore root {self.url}")
+            raise DataRefError(
+                f"data reference {uri!r} points outside the datastore root {self.url}"
+            )
         return f"{self.root}/{clean}"
 
     def exists(self, uri: str) -> bool:
@@ -78,7 +88,9 @@ class Datastore:
 
     # Whole datasets
 
-    def write_dataset(self, ds: xr.Dataset, uri: str, *, chunks: Mapping[str, int] | None = None) -> DataRef:
+    def write_dataset(
+        self, ds: xr.Dataset, uri: str, *, chunks: Mapping[str, int] | None = None
+    ) -> DataRef:
         """Write ``ds`` completely, then publish it at ``uri``.
 
         If a complete dataset is already there (a handler that runs again
@@ -92,7 +104,13 @@ class Datastore:
         staging = f"{final}{_PARTIAL}{uuid.uuid4().hex[:8]}"
         encoding = _encoding(ds, chunks)
         try:
-            ds.to_zarr(self._store(staging), mode="w", encoding=encoding, consolidated=False, zarr_format=3)
+            ds.to_zarr(
+                self._store(staging),
+                mode="w",
+                encoding=encoding,
+                consolidated=False,
+                zarr_format=3,
+            )
         except Exception as exc:
             self._remove(staging)
             raise DatastoreError(f"writing dataset {uri} failed: {exc}") from exc
@@ -110,16 +128,23 @@ class Datastore:
         if verify:
             actual = self._hash(path)
             if actual != manifest["hash"]:
-                raise IntegrityError(f"dataset {uri} was changed after it was published: {actual}")
+                raise IntegrityError(
+                    f"dataset {uri} was changed after it was published: {actual}"
+                )
         try:
-            return xr.open_zarr(self._store(path), consolidated=False, zarr_format=3)
+            ds: xr.Dataset = xr.open_zarr(
+                self._store(path), consolidated=False, zarr_format=3
+            )
+            return ds
         except Exception as exc:
             raise DatastoreError(f"opening dataset {uri} failed: {exc}") from exc
 
     def ref(self, uri: str) -> DataRef:
         """The reference of a published dataset or artifact."""
         manifest = self._manifest(uri)
-        return DataRef(uri=uri, hash=manifest["hash"], kind=manifest.get("kind", "dataset"))
+        return DataRef(
+            uri=uri, hash=manifest["hash"], kind=manifest.get("kind", "dataset")
+        )
 
     # Parallel writes into a store laid out first
 
@@ -149,14 +174,14 @@ class Datastore:
                 fill_value=var.fill_value,
                 dimension_names=var.dims,
             )
-            array.attrs.update(_jsonable(dict(var.attrs)))
+            array.attrs.update(_jsonable(dict(var.attrs or {})))
         for name, coord in (coords or {}).items():
             array = group.create_array(
                 name,
                 shape=coord.shape,
                 chunks=coord.shape or (1,),
                 dtype=coord.dtype,
-                dimension_names=coord.dims,
+                dimension_names=[str(d) for d in coord.dims],
             )
             array[...] = coord.values
             array.attrs.update(_jsonable(dict(coord.attrs)))
@@ -164,7 +189,13 @@ class Datastore:
 
     # Artifacts (model weights and their metadata)
 
-    def write_artifact(self, files: Mapping[str, bytes], uri: str, *, meta: Mapping[str, Any] | None = None) -> DataRef:
+    def write_artifact(
+        self,
+        files: Mapping[str, bytes],
+        uri: str,
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> DataRef:
         """Publish a folder of files (weights as safetensors-like bytes, JSON)."""
         final = self.resolve(uri)
         if self.exists(uri):
@@ -184,7 +215,9 @@ class Datastore:
         uri = ref.uri if isinstance(ref, DataRef) else ref
         manifest = self._manifest(uri)
         if isinstance(ref, DataRef) and ref.hash != manifest["hash"]:
-            raise IntegrityError(f"artifact {uri} has hash {manifest['hash']}, expected {ref.hash}")
+            raise IntegrityError(
+                f"artifact {uri} has hash {manifest['hash']}, expected {ref.hash}"
+            )
         with self.fs.open(f"{self.resolve(uri)}/{name}", "rb") as fh:
             return bytes(fh.read())
 
@@ -214,7 +247,9 @@ class Datastore:
         if self.local:
             return path
         fs = self.fs
-        if not getattr(fs, "async_impl", False):  # zarr talks to filesystems asynchronously
+        if not getattr(
+            fs, "async_impl", False
+        ):  # zarr talks to filesystems asynchronously
             from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
             fs = AsyncFileSystemWrapper(fs, asynchronous=True)
@@ -241,13 +276,27 @@ class Datastore:
                     digest.update(block)
         return "sha256:" + digest.hexdigest()
 
-    def _publish(self, staging: str, final: str, uri: str, *, kind: str,
-                 meta: Mapping[str, Any] | None = None) -> DataRef:
+    def _publish(
+        self,
+        staging: str,
+        final: str,
+        uri: str,
+        *,
+        kind: str,
+        meta: Mapping[str, Any] | None = None,
+    ) -> DataRef:
         content = self._hash(staging)
-        manifest = {"hash": content, "kind": kind, "uri": uri, "meta": _jsonable(dict(meta or {}))}
+        manifest = {
+            "hash": content,
+            "kind": kind,
+            "uri": uri,
+            "meta": _jsonable(dict(meta or {})),
+        }
         if self.local:
             Path(final).parent.mkdir(parents=True, exist_ok=True)
-            if Path(final).exists():  # left by an attempt that crashed before its manifest
+            if Path(
+                final
+            ).exists():  # left by an attempt that crashed before its manifest
                 shutil.rmtree(final)
             Path(staging).rename(final)
         else:
@@ -257,7 +306,7 @@ class Datastore:
         with self.fs.open(final + MANIFEST_SUFFIX, "wb") as fh:
             fh.write(json.dumps(manifest, indent=1).encode())
         log.info("published %s %s (%s)", kind, uri, content[:19])
-        return DataRef(uri=uri, hash=content, kind=kind)  # type: ignore[arg-type]
+        return DataRef.model_validate({"uri": uri, "hash": content, "kind": kind})
 
     def _remove(self, path: str) -> None:
         try:
@@ -286,8 +335,14 @@ class VariableLayout:
 class DatasetLayout:
     """A dataset laid out but not yet published; filled region by region."""
 
-    def __init__(self, store: Datastore, uri: str, staging: str, dims: dict[str, int],
-                 chunks: dict[str, int]) -> None:
+    def __init__(
+        self,
+        store: Datastore,
+        uri: str,
+        staging: str,
+        dims: dict[str, int],
+        chunks: dict[str, int],
+    ) -> None:
         self.store = store
         self.uri = uri
         self.staging = staging
@@ -309,7 +364,9 @@ class DatasetLayout:
                 f"of {chunk}; parallel writers must own whole chunks"
             )
         region_vars = [v for v in ds.data_vars if dim in ds[v].dims]
-        body = ds[region_vars].drop_vars([c for c in ds.coords if dim not in ds[c].dims])
+        body = ds[region_vars].drop_vars(
+            [c for c in ds.coords if dim not in ds[c].dims]
+        )
         for var in body.variables.values():
             var.attrs = {}
             var.encoding = {}
@@ -321,28 +378,38 @@ class DatasetLayout:
                 zarr_format=3,
             )
         except Exception as exc:
-            raise DatastoreError(f"writing {dim}[{start}:{stop}] of {self.uri} failed: {exc}") from exc
+            raise DatastoreError(
+                f"writing {dim}[{start}:{stop}] of {self.uri} failed: {exc}"
+            ) from exc
 
     def update_attrs(self, attrs: Mapping[str, Any]) -> None:
-        group = zarr.open_group(self.store._store(self.staging), mode="r+", zarr_format=3)
+        group = zarr.open_group(
+            self.store._store(self.staging), mode="r+", zarr_format=3
+        )
         group.attrs.update(_jsonable(dict(attrs)))
 
     def publish(self) -> DataRef:
         """Hash, write the manifest, and move the dataset into place."""
-        return self.store._publish(self.staging, self.store.resolve(self.uri), self.uri, kind="dataset")
+        return self.store._publish(
+            self.staging, self.store.resolve(self.uri), self.uri, kind="dataset"
+        )
 
     def discard(self) -> None:
         self.store._remove(self.staging)
 
 
-def _encoding(ds: xr.Dataset, chunks: Mapping[str, int] | None) -> dict[str, dict[str, Any]]:
+def _encoding(
+    ds: xr.Dataset, chunks: Mapping[str, int] | None
+) -> dict[str, dict[str, Any]]:
     if not chunks:
         return {}
     encoding: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         if var.ndim:
             encoding[str(name)] = {
-                "chunks": tuple(min(chunks.get(str(d), n), n) or 1 for d, n in var.sizes.items())
+                "chunks": tuple(
+                    min(chunks.get(str(d), n), n) or 1 for d, n in var.sizes.items()
+                )
             }
     return encoding
 

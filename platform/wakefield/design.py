@@ -54,21 +54,29 @@ def unit_cube(design: Design, dims: int) -> np.ndarray:
         case "random":
             return rng.random((design.samples, dims))
         case "lhs":
-            return qmc.LatinHypercube(d=dims, rng=rng).random(design.samples)
+            return np.asarray(
+                qmc.LatinHypercube(d=dims, rng=rng).random(design.samples)
+            )
         case "sobol":
             with warnings.catch_warnings():
                 # Sobol balance wants powers of two; other counts are allowed.
                 warnings.simplefilter("ignore", UserWarning)
-                return qmc.Sobol(d=dims, scramble=design.scramble, rng=rng).random(design.samples)
+                sobol = qmc.Sobol(d=dims, scramble=design.scramble, rng=rng)
+                return np.asarray(sobol.random(design.samples))
         case "halton":
-            return qmc.Halton(d=dims, scramble=design.scramble, rng=rng).random(design.samples)
+            halton = qmc.Halton(d=dims, scramble=design.scramble, rng=rng)
+            return np.asarray(halton.random(design.samples))
         case "grid":
             points = max(1, math.floor(design.samples ** (1 / dims) + 1e-9))
             axis = np.linspace(0.0, 1.0, points) if points > 1 else np.array([0.5])
             mesh = np.meshgrid(*[axis] * dims, indexing="ij")
             grid = np.stack([m.ravel() for m in mesh], axis=1)
             if len(grid) != design.samples:
-                log.info("grid of %s points per setting gives %s samples (asked %s)",
-                         points, len(grid), design.samples)
+                log.info(
+                    "grid of %s points per setting gives %s samples (asked %s)",
+                    points,
+                    len(grid),
+                    design.samples,
+                )
             return grid
     raise ValueError(f"unknown design method {design.method!r}")

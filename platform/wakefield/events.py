@@ -53,7 +53,7 @@ class Event(StrictModel):
     """Who emitted it: ``wakefield://<workflow>/<service>`` or a user's URI."""
     type: str = Field(min_length=1)
     """What happened, reverse-DNS style, e.g. ``org.wakefield.dataset.ready``."""
-    specversion: Literal["1.0"] = SPECVERSION
+    specversion: Literal["1.0"] = "1.0"
     time: datetime = Field(default_factory=lambda: datetime.now(UTC))
     subject: str | None = None
     datacontenttype: Literal["application/json"] = "application/json"
@@ -68,8 +68,16 @@ class Event(StrictModel):
     def _aware(cls, value: datetime) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-    def caused(self, *, source: str, type: str, data: Any = None, index: int = 0,
-               dataref: DataRef | None = None, subject: str | None = None) -> Event:
+    def caused(
+        self,
+        *,
+        source: str,
+        type: str,
+        data: Any = None,
+        index: int = 0,
+        dataref: DataRef | None = None,
+        subject: str | None = None,
+    ) -> Event:
         """A new event caused by this one, with a deterministic id."""
         return Event(
             id=str(uuid.uuid5(_ID_NAMESPACE, f"{self.id}/{source}/{type}/{index}")),
@@ -106,13 +114,15 @@ class Event(StrictModel):
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"bare {name} is not JSON; encode it as {{\"{_FLOAT_TAG}\": \"nan\"}}")
+    raise ValueError(f'bare {name} is not JSON; encode it as {{"{_FLOAT_TAG}": "nan"}}')
 
 
 def encode_data(value: Any) -> Any:
     """``value`` with every non-finite float replaced by its tagged form."""
     if isinstance(value, float) and not math.isfinite(value):
-        return {_FLOAT_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+        return {
+            _FLOAT_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        }
     if isinstance(value, dict):
         return {str(k): encode_data(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -128,7 +138,9 @@ def decode_data(value: Any) -> Any:
         if len(value) == 1 and _FLOAT_TAG in value:
             tag = value[_FLOAT_TAG]
             if tag not in _NONFINITE:
-                raise EventError(f"unknown {_FLOAT_TAG} value {tag!r}; allowed: nan, inf, -inf")
+                raise EventError(
+                    f"unknown {_FLOAT_TAG} value {tag!r}; allowed: nan, inf, -inf"
+                )
             return _NONFINITE[tag]
         return {k: decode_data(v) for k, v in value.items()}
     if isinstance(value, list):

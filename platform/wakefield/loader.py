@@ -49,7 +49,9 @@ def load_workflow(path: str | Path) -> WorkflowBase:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise WorkflowError([Problem(f"cannot read the file: {exc.strerror}", file=str(path))]) from exc
+        raise WorkflowError(
+            [Problem(f"cannot read the file: {exc.strerror}", file=str(path))]
+        ) from exc
     return loads_workflow(text, filename=str(path))
 
 
@@ -57,8 +59,16 @@ def loads_workflow(text: str, *, filename: str = "<workflow>") -> WorkflowBase:
     """Validate workflow YAML given as text."""
     data, positions = parse_yaml(text, filename)
     if not isinstance(data, dict):
-        raise WorkflowError([Problem("a workflow is a YAML mapping (apiVersion, kind, "
-                                     "metadata, spec)", file=filename, line=1, column=1)])
+        raise WorkflowError(
+            [
+                Problem(
+                    "a workflow is a YAML mapping (apiVersion, kind, metadata, spec)",
+                    file=filename,
+                    line=1,
+                    column=1,
+                )
+            ]
+        )
     data = _migrate(data, filename, positions)
     uses = _explicit_kinds(data)
     try:
@@ -69,7 +79,9 @@ def loads_workflow(text: str, *, filename: str = "<workflow>") -> WorkflowBase:
     try:
         workflow = model.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(err, data, positions, filename, model) for err in exc.errors()]
+        problems = [
+            _problem(err, data, positions, filename, model) for err in exc.errors()
+        ]
         raise WorkflowError(problems) from None
     wiring = check_wiring(workflow, kinds)
     if wiring:
@@ -81,9 +93,17 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, Positions]:
     """Plain data and the (line, column) of every key and item, 1-based."""
     tab = _tab_in_indentation(text)
     if tab is not None:
-        raise WorkflowError([Problem(
-            "a tab in indentation; YAML indents with spaces only, so replace the tab "
-            "with spaces", file=filename, line=tab[0], column=tab[1])])
+        raise WorkflowError(
+            [
+                Problem(
+                    "a tab in indentation; YAML indents with spaces only, so replace the tab "
+                    "with spaces",
+                    file=filename,
+                    line=tab[0],
+                    column=tab[1],
+                )
+            ]
+        )
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
@@ -96,15 +116,28 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, Positions]:
         mark = exc.problem_mark
         key = re.search(r'duplicate key "([^"]*)"', str(exc.problem))
         name = key.group(1) if key else "?"
-        raise WorkflowError([Problem(
-            f"duplicate key {name!r}; each key may appear once in a mapping",
-            file=filename, line=mark.line + 1 if mark else None,
-            column=mark.column + 1 if mark else None)]) from None
+        raise WorkflowError(
+            [
+                Problem(
+                    f"duplicate key {name!r}; each key may appear once in a mapping",
+                    file=filename,
+                    line=mark.line + 1 if mark else None,
+                    column=mark.column + 1 if mark else None,
+                )
+            ]
+        ) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise WorkflowError([Problem(
-            f"not valid YAML: {exc.problem or exc.context}", file=filename,
-            line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None)]) from None
+        raise WorkflowError(
+            [
+                Problem(
+                    f"not valid YAML: {exc.problem or exc.context}",
+                    file=filename,
+                    line=mark.line + 1 if mark else None,
+                    column=mark.column + 1 if mark else None,
+                )
+            ]
+        ) from None
     positions: Positions = {}
     return _plain(node, (), positions), positions
 
@@ -124,7 +157,9 @@ def _plain(node: Any, loc: Loc, positions: Positions) -> Any:
         for key, value in node.items():
             line, col = node.lc.key(key) if key in node.lc.data else node.lc.value(key)
             positions[(*loc, str(key))] = (line + 1, col + 1)
-            out[str(key) if not isinstance(key, str) else key] = _plain(value, (*loc, str(key)), positions)
+            out[str(key) if not isinstance(key, str) else key] = _plain(
+                value, (*loc, str(key)), positions
+            )
         return out
     if isinstance(node, CommentedSeq):
         out_list = []
@@ -144,23 +179,40 @@ def _plain(node: Any, loc: Loc, positions: Positions) -> Any:
     return node
 
 
-def _migrate(data: dict[str, Any], filename: str, positions: Positions) -> dict[str, Any]:
+def _migrate(
+    data: dict[str, Any], filename: str, positions: Positions
+) -> dict[str, Any]:
     version = data.get("apiVersion")
     while version in MIGRATIONS:
         data = MIGRATIONS[version](data)
         version = data.get("apiVersion")
     if version not in SUPPORTED_API_VERSIONS:
         line, col = positions.get(("apiVersion",), (1, 1))
-        raise WorkflowError([Problem(
-            "unknown workflow version" if version is not None else "apiVersion is missing",
-            "apiVersion", file=filename, line=line, column=col, value=version,
-            allowed=", ".join(SUPPORTED_API_VERSIONS))])
+        raise WorkflowError(
+            [
+                Problem(
+                    "unknown workflow version"
+                    if version is not None
+                    else "apiVersion is missing",
+                    "apiVersion",
+                    file=filename,
+                    line=line,
+                    column=col,
+                    value=version,
+                    allowed=", ".join(SUPPORTED_API_VERSIONS),
+                )
+            ]
+        )
     return data
 
 
 def _explicit_kinds(data: dict[str, Any]) -> tuple[str, ...]:
     """Kinds a workflow names as ``module:Class`` (loaded only because it asks)."""
-    services = (data.get("spec") or {}).get("services") if isinstance(data.get("spec"), dict) else None
+    services = (
+        (data.get("spec") or {}).get("services")
+        if isinstance(data.get("spec"), dict)
+        else None
+    )
     names = []
     for svc in services if isinstance(services, list) else []:
         uses = svc.get("uses") if isinstance(svc, dict) else None
@@ -169,8 +221,9 @@ def _explicit_kinds(data: dict[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(set(names)))
 
 
-def _problem(err: Any, data: Any, positions: Positions, filename: str,
-             model: type[BaseModel]) -> Problem:
+def _problem(
+    err: Any, data: Any, positions: Positions, filename: str, model: type[BaseModel]
+) -> Problem:
     loc = _data_loc(err["loc"], data)
     kind = err["type"]
     value = err.get("input")
@@ -188,11 +241,15 @@ def _problem(err: Any, data: Any, positions: Positions, filename: str,
         message = "this field is required"
         value = None
     elif kind in ("bool_type", "bool_parsing") and isinstance(value, str):
-        message = ("expected a boolean; YAML 1.2 reads a bare yes/no/on/off as a string, "
-                   "so write true or false")
+        message = (
+            "expected a boolean; YAML 1.2 reads a bare yes/no/on/off as a string, "
+            "so write true or false"
+        )
     elif kind == "string_type" and isinstance(value, bool):
-        message += ("; YAML 1.1 files read yes/no/on/off as booleans: quote the value "
-                    "to keep it a string")
+        message += (
+            "; YAML 1.1 files read yes/no/on/off as booleans: quote the value "
+            "to keep it a string"
+        )
     elif kind == "literal_error":
         allowed = err.get("ctx", {}).get("expected")
         message = "not one of the allowed values"
@@ -206,8 +263,12 @@ def _problem(err: Any, data: Any, positions: Positions, filename: str,
             loc = (*loc, discriminator)
     if isinstance(value, dict | list):
         value = None  # the located line says more than a dump would
-    return _locate(Problem(message, _dotted(loc), value=value, allowed=allowed), positions,
-                   filename, loc)
+    return _locate(
+        Problem(message, _dotted(loc), value=value, allowed=allowed),
+        positions,
+        filename,
+        loc,
+    )
 
 
 def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
@@ -215,8 +276,11 @@ def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     out: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part not in node and (
-            part in {v for v in node.values() if isinstance(v, str)}
+        if (
+            isinstance(node, dict)
+            and isinstance(part, str)
+            and part not in node
+            and (part in {v for v in node.values() if isinstance(v, str)})
         ):
             continue  # a union's discriminator tag, not a key of the document
         if isinstance(node, dict | list) and _has(node, part):
@@ -236,20 +300,34 @@ def _has(node: dict[Any, Any] | list[Any], part: Any) -> bool:
 def _dotted(loc: Loc) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        text += (
+            f"[{part}]"
+            if isinstance(part, int)
+            else (f".{part}" if text else str(part))
+        )
     return text
 
 
-def _locate(problem: Problem, positions: Positions, filename: str, loc: Loc | None = None) -> Problem:
+def _locate(
+    problem: Problem, positions: Positions, filename: str, loc: Loc | None = None
+) -> Problem:
     """``problem`` with the file and the line of its field (or the nearest parent)."""
     if loc is None:
-        loc = tuple(int(p) if p.isdigit() else p
-                    for p in re.findall(r"[^.\[\]]+", problem.path))
+        loc = tuple(
+            int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", problem.path)
+        )
     while loc and loc not in positions:
         loc = loc[:-1]
     line, column = positions.get(loc, (None, None))
-    return Problem(problem.message, problem.path, filename, line, column, problem.value,
-                   problem.allowed)
+    return Problem(
+        problem.message,
+        problem.path,
+        filename,
+        line,
+        column,
+        problem.value,
+        problem.allowed,
+    )
 
 
 def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -281,10 +359,16 @@ def _step(current: Any, part: Any) -> Any:
         return _step(args[0], part)
     if args:  # a union: the variant whose discriminator value is ``part``
         for arg in args:
-            inner = typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
+            inner = (
+                typing.get_args(arg)[0]
+                if typing.get_origin(arg) is typing.Annotated
+                else arg
+            )
             if isinstance(inner, type) and issubclass(inner, BaseModel):
                 for field in inner.model_fields.values():
-                    if typing.get_origin(field.annotation) is typing.Literal and part in typing.get_args(field.annotation):
+                    if typing.get_origin(
+                        field.annotation
+                    ) is typing.Literal and part in typing.get_args(field.annotation):
                         return inner
         for arg in args:
             found = _step(arg, part)

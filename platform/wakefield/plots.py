@@ -43,35 +43,55 @@ def _role(ds: xr.Dataset, role: str) -> list[str]:
     return [str(n) for n, v in ds.data_vars.items() if v.attrs.get("role") == role]
 
 
-def scan_scatter(ds: xr.Dataset, outputs: list[str] | None = None, max_outputs: int = 6) -> bytes | None:
+def scan_scatter(
+    ds: xr.Dataset, outputs: list[str] | None = None, max_outputs: int = 6
+) -> bytes | None:
     """Each setting against a few scalar outputs; flagged samples in red."""
     settings = _role(ds, "setting")
-    scalars = [n for n in _role(ds, "output") if ds[n].dims == ("sample",)
-               and ds[n].dtype.kind == "f"]
+    scalars = [
+        n
+        for n in _role(ds, "output")
+        if ds[n].dims == ("sample",) and ds[n].dtype.kind == "f"
+    ]
     outputs = (outputs or scalars)[:max_outputs]
     varying = [s for s in settings if float(ds[s].max() - ds[s].min()) > 0]
     if not varying or not outputs:
         return None
     plt = _pyplot()
     n = ds.sizes["sample"]
-    pick = np.random.default_rng(0).choice(n, size=min(n, MAX_SCATTER_POINTS), replace=False)
+    pick = np.random.default_rng(0).choice(
+        n, size=min(n, MAX_SCATTER_POINTS), replace=False
+    )
     sub = ds.isel(sample=np.sort(pick)).load()
     ok = sub["status"].values == 0 if "status" in sub else np.ones(len(pick), bool)
-    fig, axes = plt.subplots(len(outputs), len(varying), squeeze=False,
-                             figsize=(2.3 * len(varying), 1.9 * len(outputs)), sharex="col")
+    fig, axes = plt.subplots(
+        len(outputs),
+        len(varying),
+        squeeze=False,
+        figsize=(2.3 * len(varying), 1.9 * len(outputs)),
+        sharex="col",
+    )
     for row, out in enumerate(outputs):
         for col, setting in enumerate(varying):
             ax = axes[row][col]
             ax.scatter(sub[setting][ok], sub[out][ok], s=2, alpha=0.5, color="tab:blue")
             if (~ok).any():
-                ax.scatter(sub[setting][~ok], np.nan_to_num(sub[out][~ok]), s=4, color="tab:red")
+                ax.scatter(
+                    sub[setting][~ok],
+                    np.nan_to_num(sub[out][~ok]),
+                    s=4,
+                    color="tab:red",
+                )
             if row == len(outputs) - 1:
                 ax.set_xlabel(_label(sub[setting]), fontsize=7)
             if col == 0:
                 ax.set_ylabel(_label(sub[out]), fontsize=7)
             ax.tick_params(labelsize=6)
-    fig.suptitle(f"{ds.attrs.get('title', 'scan')}: settings against outputs "
-                 f"({len(pick)} of {n} samples; red: flagged)", fontsize=9)
+    fig.suptitle(
+        f"{ds.attrs.get('title', 'scan')}: settings against outputs "
+        f"({len(pick)} of {n} samples; red: flagged)",
+        fontsize=9,
+    )
     return png(fig)
 
 
@@ -82,13 +102,23 @@ def scan_images(ds: xr.Dataset, count: int = 4) -> bytes | None:
         return None
     name = images[0]
     plt = _pyplot()
-    good = np.flatnonzero(ds["status"].values == 0) if "status" in ds else np.arange(ds.sizes["sample"])
-    chosen = good[np.linspace(0, len(good) - 1, min(count, len(good))).astype(int)] if len(good) else []
+    good = (
+        np.flatnonzero(ds["status"].values == 0)
+        if "status" in ds
+        else np.arange(ds.sizes["sample"])
+    )
+    chosen = (
+        good[np.linspace(0, len(good) - 1, min(count, len(good))).astype(int)]
+        if len(good)
+        else []
+    )
     if not len(chosen):
         return None
     var = ds[name]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3 * len(chosen), 3), squeeze=False)
-    ydim, xdim = var.dims[1], var.dims[2]
+    fig, axes = plt.subplots(
+        1, len(chosen), figsize=(3 * len(chosen), 3), squeeze=False
+    )
+    ydim, xdim = str(var.dims[1]), str(var.dims[2])
     for ax, i in zip(axes[0], chosen, strict=False):
         image = var.isel(sample=int(i)).values
         extent = _extent(ds, xdim, ydim)

@@ -47,7 +47,9 @@ def load(group: str, name: str) -> Any:
     registered = _entry_points(group)
     if name not in registered:
         known = ", ".join(sorted(registered)) or "none"
-        raise RegistryError(f"no plug-in named {name!r} in {group!r}; registered: {known}")
+        raise RegistryError(
+            f"no plug-in named {name!r} in {group!r}; registered: {known}"
+        )
     try:
         return registered[name].load()
     except ImportError as exc:
@@ -62,7 +64,9 @@ def _import_explicit(target: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RegistryError(f"cannot import {module_name!r} for {target!r}: {exc}") from exc
+        raise RegistryError(
+            f"cannot import {module_name!r} for {target!r}: {exc}"
+        ) from exc
     try:
         return getattr(module, attr)
     except AttributeError as exc:

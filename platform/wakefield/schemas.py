@@ -26,12 +26,18 @@ def generate() -> dict[str, dict[str, Any]]:
     """Relative file name -> schema."""
     workflow = workflow_model().model_json_schema()
     workflow = {"$schema": SCHEMA_DIALECT, "title": "wakefield workflow", **workflow}
-    files = {"workflow.schema.json": workflow,
-             "event.schema.json": {"$schema": SCHEMA_DIALECT, **Event.model_json_schema()}}
+    files = {
+        "workflow.schema.json": workflow,
+        "event.schema.json": {"$schema": SCHEMA_DIALECT, **Event.model_json_schema()},
+    }
     for name, cls in sorted(kind_classes().items()):
         schema = cls.Config.model_json_schema()
-        schema = {"$schema": SCHEMA_DIALECT, "title": f"{name} service config",
-                  "description": cls.summary or (cls.__doc__ or "").strip(), **schema}
+        schema = {
+            "$schema": SCHEMA_DIALECT,
+            "title": f"{name} service config",
+            "description": cls.summary or (cls.__doc__ or "").strip(),
+            **schema,
+        }
         files[f"services/{name}.schema.json"] = schema
     return files
 
@@ -54,8 +60,11 @@ def write(out: Path) -> list[Path]:
 def stale(out: Path) -> list[str]:
     """Files under ``out`` that differ from what :func:`generate` gives."""
     expected = {rel: render(schema) for rel, schema in generate().items()}
-    differ = [rel for rel, text in expected.items()
-              if not (out / rel).is_file() or (out / rel).read_text(encoding="utf-8") != text]
+    differ = [
+        rel
+        for rel, text in expected.items()
+        if not (out / rel).is_file() or (out / rel).read_text(encoding="utf-8") != text
+    ]
     present = {str(p.relative_to(out)) for p in out.rglob("*.schema.json")}
     differ += sorted(present - set(expected))
     return sorted(differ)

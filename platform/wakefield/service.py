@@ -54,7 +54,9 @@ class ServiceContext:
     datastore: Datastore
     source: str
     """This service's CloudEvents source, ``wakefield://<workflow>/<service>``."""
-    report: Callable[[str, dict[str, Any]], None] = field(repr=False, default=lambda kind, data: None)
+    report: Callable[[str, dict[str, Any]], None] = field(
+        repr=False, default=lambda kind, data: None
+    )
     """Publishes a status event of this service (progress, warnings)."""
 
     def progress(self, done: float, total: float, message: str = "") -> None:
@@ -74,8 +76,14 @@ class Emitted:
 class HandlerContext:
     """Per-event helper handed to :meth:`Service.handle`."""
 
-    def __init__(self, service: ServiceContext, event: Event | None, *,
-                 outputs: dict[str, str], attempt: int = 1) -> None:
+    def __init__(
+        self,
+        service: ServiceContext,
+        event: Event | None,
+        *,
+        outputs: dict[str, str],
+        attempt: int = 1,
+    ) -> None:
         self.service = service
         self.event = event
         self.attempt = attempt
@@ -90,24 +98,46 @@ class HandlerContext:
     def run_id(self) -> str:
         return (self.event.runid if self.event else None) or self.service.run_id
 
-    def emit(self, port: str, type: str, data: Any = None, *, dataref: DataRef | None = None,
-             key: str | None = None, subject: str | None = None) -> Event:
+    def emit(
+        self,
+        port: str,
+        type: str,
+        data: Any = None,
+        *,
+        dataref: DataRef | None = None,
+        key: str | None = None,
+        subject: str | None = None,
+    ) -> Event:
         """Queue an event for output ``port``; published after the handler returns.
 
         Events of a port the workflow does not wire to a topic are dropped
         (the workflow chose not to listen to them).
         """
         if port not in self._outputs:
-            raise KeyError(f"{self.service.service} has no output port {port!r}; "
-                           f"its ports are {sorted(self._outputs)}")
+            raise KeyError(
+                f"{self.service.service} has no output port {port!r}; "
+                f"its ports are {sorted(self._outputs)}"
+            )
         index = len(self.emitted)
         if self.event is not None:
-            out = self.event.caused(source=self.service.source, type=type, data=data,
-                                    index=index, dataref=dataref, subject=subject)
+            out = self.event.caused(
+                source=self.service.source,
+                type=type,
+                data=data,
+                index=index,
+                dataref=dataref,
+                subject=subject,
+            )
             out = out.model_copy(update={"runid": self.run_id})
         else:
-            out = Event(source=self.service.source, type=type, data=data, dataref=dataref,
-                        subject=subject, runid=self.service.run_id)
+            out = Event(
+                source=self.service.source,
+                type=type,
+                data=data,
+                dataref=dataref,
+                subject=subject,
+                runid=self.service.run_id,
+            )
         self.emitted.append(Emitted(port, out, key if key is not None else self.run_id))
         return out
 

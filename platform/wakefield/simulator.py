@@ -87,7 +87,9 @@ class Simulator(ABC):
         return {}
 
     @abstractmethod
-    def simulate(self, settings: Mapping[str, np.ndarray], rng: np.random.Generator) -> Batch:
+    def simulate(
+        self, settings: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> Batch:
         """Simulate one batch.
 
         ``settings`` maps every name from :meth:`settings` to a 1-D array of

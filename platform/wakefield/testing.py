@@ -48,7 +48,11 @@ class Flaky(Service):
         deadline = time.monotonic() + config.work
         while time.monotonic() < deadline:
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        if config.fail_when and isinstance(event.data, dict) and event.data.get(config.fail_when):
+        if (
+            config.fail_when
+            and isinstance(event.data, dict)
+            and event.data.get(config.fail_when)
+        ):
             raise ServiceError(f"event {event.id} asked to fail ({config.fail_when})")
         if ctx.attempt <= config.fail_attempts:
             raise ServiceError(f"attempt {ctx.attempt} of {event.id} fails on purpose")
@@ -57,7 +61,9 @@ class Flaky(Service):
             # One file per handling: a second handling of the same event would
             # leave a second file, so tests can count effects.
             stamp = f"{time.time_ns()}"
-            ctx.datastore.write_file(event.id.encode(), f"{config.effects}/{event.id}.{stamp}")
+            ctx.datastore.write_file(
+                event.id.encode(), f"{config.effects}/{event.id}.{stamp}"
+            )
         ctx.emit("out", "org.wakefield.testing.done", event.data)
 
 
@@ -80,29 +86,48 @@ class Analytic(Simulator):
     Options = AnalyticOptions
 
     def settings(self) -> list[Setting]:
-        return [Setting(name="x", unit="m", range=(-1.0, 1.0), default=0.0),
-                Setting(name="z", unit="m", range=(0.0, 2.0), default=1.0)]
+        return [
+            Setting(name="x", unit="m", range=(-1.0, 1.0), default=0.0),
+            Setting(name="z", unit="m", range=(0.0, 2.0), default=1.0),
+        ]
 
     def outputs(self) -> list[Output]:
-        return [Output(name="y", unit="m^2", description="x squared plus z"),
-                Output(name="spot", unit="1", dims=("u", "v"), shape=(8, 8),
-                       description="Gaussian spot centred at (x, z - 1)")]
+        return [
+            Output(name="y", unit="m^2", description="x squared plus z"),
+            Output(
+                name="spot",
+                unit="1",
+                dims=("u", "v"),
+                shape=(8, 8),
+                description="Gaussian spot centred at (x, z - 1)",
+            ),
+        ]
 
     def coordinates(self) -> dict[str, Coordinate]:
         axis = np.linspace(-1.0, 1.0, 8)
         return {"u": Coordinate(axis, "m"), "v": Coordinate(axis, "m")}
 
-    def simulate(self, settings: Mapping[str, np.ndarray], rng: np.random.Generator) -> Batch:
+    def simulate(
+        self, settings: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> Batch:
         options: AnalyticOptions = self.options  # type: ignore[assignment]
         x, z = np.asarray(settings["x"]), np.asarray(settings["z"])
         y = x**2 + z + options.noise * rng.normal(size=x.shape)
         axis = np.linspace(-1.0, 1.0, 8)
         u, v = np.meshgrid(axis, axis, indexing="ij")
-        spot = np.exp(-((u[None] - x[:, None, None]) ** 2 + (v[None] - (z - 1)[:, None, None]) ** 2) / 0.2)
+        spot = np.exp(
+            -(
+                (u[None] - x[:, None, None]) ** 2
+                + (v[None] - (z - 1)[:, None, None]) ** 2
+            )
+            / 0.2
+        )
         failures = {}
         if options.fail_above is not None:
-            failures = {int(i): f"x = {x[i]:.3f} above {options.fail_above}"
-                        for i in np.flatnonzero(x > options.fail_above)}
+            failures = {
+                int(i): f"x = {x[i]:.3f} above {options.fail_above}"
+                for i in np.flatnonzero(x > options.fail_above)
+            }
         if options.nan_below is not None:
             y = np.where(x < options.nan_below, np.nan, y)
         return Batch({"y": y, "spot": spot}, failures)

@@ -34,7 +34,9 @@ class Setting(StrictModel):
     def _check_range(self) -> Setting:
         low, high = self.range
         if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-            raise ValueError(f"range must be two finite numbers, low < high; got {self.range}")
+            raise ValueError(
+                f"range must be two finite numbers, low < high; got {self.range}"
+            )
         if not low <= self.default <= high:
             raise ValueError(f"default {self.default} lies outside range {self.range}")
         return self
@@ -66,7 +68,9 @@ class Output(StrictModel):
     @model_validator(mode="after")
     def _check_shape(self) -> Output:
         if len(self.dims) != len(self.shape):
-            raise ValueError(f"dims {self.dims} and shape {self.shape} differ in length")
+            raise ValueError(
+                f"dims {self.dims} and shape {self.shape} differ in length"
+            )
         return self
 
     @property

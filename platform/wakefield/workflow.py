@@ -220,13 +220,17 @@ def workflow_model(extra: tuple[str, ...] = ()) -> type[WorkflowBase]:
     variants = []
     for name, cls in sorted(kind_classes(extra).items()):
         config_required = any(f.is_required() for f in cls.Config.model_fields.values())
-        config_field = (cls.Config, ...) if config_required else (cls.Config, Field(default_factory=cls.Config))
+        config_field = (
+            (cls.Config, ...)
+            if config_required
+            else (cls.Config, Field(default_factory=cls.Config))
+        )
         variants.append(
             create_model(
                 f"Service_{_identifier(name)}",
                 __base__=ServiceSpecBase,
                 __doc__=cls.summary or cls.__doc__,
-                uses=(Literal[name], ...),  # type: ignore[valid-type]
+                uses=(Literal[name], ...),  # type: ignore[arg-type]
                 config=config_field,
             )
         )
@@ -255,26 +259,40 @@ def check_wiring(wf: WorkflowBase, kinds: Mapping[str, type[Service]]) -> list[P
     for i, svc in enumerate(services):
         where = f"spec.services[{i}]"
         if svc.name in seen:
-            problems.append(Problem(f"service name {svc.name!r} is used twice", f"{where}.name"))
+            problems.append(
+                Problem(f"service name {svc.name!r} is used twice", f"{where}.name")
+            )
         seen.add(svc.name)
         cls = kinds[svc.uses]
         for port in svc.subscribe:
             if port not in cls.inputs:
-                problems.append(Problem(
-                    f"kind {svc.uses!r} has no input port {port!r}",
-                    f"{where}.subscribe.{port}", allowed=", ".join(cls.inputs) or "none"))
+                problems.append(
+                    Problem(
+                        f"kind {svc.uses!r} has no input port {port!r}",
+                        f"{where}.subscribe.{port}",
+                        allowed=", ".join(cls.inputs) or "none",
+                    )
+                )
         for port, topic in svc.publish.items():
             if port not in cls.outputs:
-                problems.append(Problem(
-                    f"kind {svc.uses!r} has no output port {port!r}",
-                    f"{where}.publish.{port}", allowed=", ".join(cls.outputs) or "none"))
+                problems.append(
+                    Problem(
+                        f"kind {svc.uses!r} has no output port {port!r}",
+                        f"{where}.publish.{port}",
+                        allowed=", ".join(cls.outputs) or "none",
+                    )
+                )
             _check_topic_name(topic, f"{where}.publish.{port}", problems)
             published.setdefault(topic, svc.name)
         if not svc.subscribe and cls.inputs and not cls.has_tick():
-            problems.append(Problem(
-                f"service {svc.name!r} subscribes to nothing, so it never runs",
-                f"{where}.subscribe", allowed="a mapping of input port to topic, ports: "
-                + ", ".join(cls.inputs)))
+            problems.append(
+                Problem(
+                    f"service {svc.name!r} subscribes to nothing, so it never runs",
+                    f"{where}.subscribe",
+                    allowed="a mapping of input port to topic, ports: "
+                    + ", ".join(cls.inputs),
+                )
+            )
 
     reserved = {wf.status_topic, wf.deadletter_topic, wf.control_topic}
     for i, svc in enumerate(services):
@@ -283,29 +301,47 @@ def check_wiring(wf: WorkflowBase, kinds: Mapping[str, type[Service]]) -> list[P
             _check_topic_name(topic, path, problems)
             fed = topic in published or topic in start_topics or topic in reserved
             if not fed and not (topic in declared and declared[topic].external):
-                problems.append(Problem(
-                    f"topic {topic!r} is subscribed to but nothing publishes it",
-                    path, allowed="a topic published by another service, a start event's "
-                    "topic, or one declared in spec.topics with external: true"))
+                problems.append(
+                    Problem(
+                        f"topic {topic!r} is subscribed to but nothing publishes it",
+                        path,
+                        allowed="a topic published by another service, a start event's "
+                        "topic, or one declared in spec.topics with external: true",
+                    )
+                )
 
     known = set(published) | start_topics | set(declared) | reserved
     for i, cond in enumerate(wf.spec.complete.when if wf.spec.complete else []):
         if cond.topic not in known:
-            problems.append(Problem(
-                f"completion waits for topic {cond.topic!r}, which no service publishes",
-                f"spec.complete.when[{i}].topic", allowed=", ".join(sorted(published)) or "none"))
+            problems.append(
+                Problem(
+                    f"completion waits for topic {cond.topic!r}, which no service publishes",
+                    f"spec.complete.when[{i}].topic",
+                    allowed=", ".join(sorted(published)) or "none",
+                )
+            )
     for i, topic in enumerate(wf.spec.topics):
         if topic.external and topic.name in published:
-            problems.append(Problem(
-                f"topic {topic.name!r} is marked external but service "
-                f"{published[topic.name]!r} publishes it", f"spec.topics[{i}].external"))
+            problems.append(
+                Problem(
+                    f"topic {topic.name!r} is marked external but service "
+                    f"{published[topic.name]!r} publishes it",
+                    f"spec.topics[{i}].external",
+                )
+            )
     return problems
 
 
 def _check_topic_name(topic: str, path: str, problems: list[Problem]) -> None:
     if not re.match(TOPIC_PATTERN, topic):
-        problems.append(Problem("not a valid topic name", path, value=topic,
-                                allowed="1-249 letters, digits, '.', '_' and '-'"))
+        problems.append(
+            Problem(
+                "not a valid topic name",
+                path,
+                value=topic,
+                allowed="1-249 letters, digits, '.', '_' and '-'",
+            )
+        )
 
 
 def topic_specs(wf: WorkflowBase) -> dict[str, TopicSpecModel]:

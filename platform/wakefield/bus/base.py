@@ -84,7 +84,9 @@ class Producer(ABC):
     def publish(self, topic: str, event: Event, *, key: str | None = None) -> Delivered:
         """Store ``event`` on ``topic``; raises a :class:`BusError` on failure."""
 
-    def publish_many(self, items: Iterable[tuple[str, Event, str | None]]) -> list[Delivered]:
+    def publish_many(
+        self, items: Iterable[tuple[str, Event, str | None]]
+    ) -> list[Delivered]:
         """Publish several events; returns once all are stored."""
         return [self.publish(topic, event, key=key) for topic, event, key in items]
 
@@ -137,7 +139,9 @@ class Bus(ABC):
     """Where this bus is, as ``embedded:///path`` or ``kafka://host:port``."""
 
     @abstractmethod
-    def ensure_topics(self, topics: Sequence[TopicSpec], *, create: bool = True) -> None:
+    def ensure_topics(
+        self, topics: Sequence[TopicSpec], *, create: bool = True
+    ) -> None:
         """Create missing topics, or with ``create=False`` raise
         :class:`TopicError` naming every one that is missing."""
 

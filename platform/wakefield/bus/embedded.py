@@ -39,7 +39,16 @@ from pathlib import Path
 
 from ..errors import BusError, CommitError, EventError, EventTooLargeError, TopicError
 from ..events import Event
-from .base import Bus, Consumer, Delivered, Producer, Record, StartAt, TopicPartition, TopicSpec
+from .base import (
+    Bus,
+    Consumer,
+    Delivered,
+    Producer,
+    Record,
+    StartAt,
+    TopicPartition,
+    TopicSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +159,16 @@ class EmbeddedBus(Bus):
         """``embedded:///abs/path`` or ``embedded://relative/path``."""
         path = url.removeprefix("embedded://")
         if not path:
-            raise BusError(f"embedded bus URL {url!r} names no folder; e.g. embedded://.wakefield/bus")
+            raise BusError(
+                f"embedded bus URL {url!r} names no folder; e.g. embedded://.wakefield/bus"
+            )
         return cls(path)
 
     # Topics
 
-    def ensure_topics(self, topics: Sequence[TopicSpec], *, create: bool = True) -> None:
+    def ensure_topics(
+        self, topics: Sequence[TopicSpec], *, create: bool = True
+    ) -> None:
         existing = self._partition_counts()
         missing = [t for t in topics if t.name not in existing]
         if missing and not create:
@@ -171,7 +184,10 @@ class EmbeddedBus(Bus):
             if have is not None and have != spec.partitions:
                 log.warning(
                     "topic %s has %s partitions, the workflow declares %s; keeping %s",
-                    spec.name, have, spec.partitions, have,
+                    spec.name,
+                    have,
+                    spec.partitions,
+                    have,
                 )
         if missing:
             with self._db.write() as conn:
@@ -209,7 +225,9 @@ class EmbeddedBus(Bus):
         start: StartAt = "earliest",
         client_id: str | None = None,
     ) -> EmbeddedConsumer:
-        return EmbeddedConsumer(self, list(topics), group=group, start=start, client_id=client_id)
+        return EmbeddedConsumer(
+            self, list(topics), group=group, start=start, client_id=client_id
+        )
 
     # Offsets
 
@@ -230,7 +248,9 @@ class EmbeddedBus(Bus):
         ).fetchall()
         return {p: o for p, o in rows}
 
-    def publish_raw(self, topic: str, value: bytes, *, key: str | None = None) -> Delivered:
+    def publish_raw(
+        self, topic: str, value: bytes, *, key: str | None = None
+    ) -> Delivered:
         """Store bytes that need not be a valid event (for tests of bad input)."""
         return self._append(topic, value, key, partition=None)
 
@@ -239,7 +259,9 @@ class EmbeddedBus(Bus):
 
     # Internals shared by producers and consumers
 
-    def _append(self, topic: str, value: bytes, key: str | None, partition: int | None) -> Delivered:
+    def _append(
+        self, topic: str, value: bytes, key: str | None, partition: int | None
+    ) -> Delivered:
         if len(value) > self.max_event_bytes:
             raise EventTooLargeError(
                 f"event of {len(value)} bytes is over the bus's limit of "
@@ -247,7 +269,9 @@ class EmbeddedBus(Bus):
                 "to the datastore and send its reference (dataref) instead"
             )
         with self._db.write() as conn:
-            row = conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()
+            row = conn.execute(
+                "SELECT partitions FROM topics WHERE name = ?", (topic,)
+            ).fetchone()
             if row is None:
                 raise TopicError(
                     f"topic {topic!r} does not exist on {self.url}; declare it in the "
@@ -283,7 +307,13 @@ class EmbeddedProducer(Producer):
 
     def publish(self, topic: str, event: Event, *, key: str | None = None) -> Delivered:
         delivered = self.bus._append(topic, event.to_json(), key, partition=None)
-        log.debug("published %s to %s[%s]@%s", event.id, topic, delivered.partition, delivered.offset)
+        log.debug(
+            "published %s to %s[%s]@%s",
+            event.id,
+            topic,
+            delivered.partition,
+            delivered.offset,
+        )
         return delivered
 
 
@@ -306,7 +336,9 @@ class EmbeddedConsumer(Consumer):
         # A consumer with a client id is a static member (as Kafka's
         # group.instance.id): a replica restarted after a crash takes its
         # partitions back at once instead of waiting for its session to expire.
-        self.member = client_id if client_id and group else f"consumer-{uuid.uuid4().hex[:12]}"
+        self.member = (
+            client_id if client_id and group else f"consumer-{uuid.uuid4().hex[:12]}"
+        )
         self._db = _Db(bus._db.file)
         self._positions: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
@@ -315,7 +347,9 @@ class EmbeddedConsumer(Consumer):
         self._cursor = 0
         missing = [t for t in topics if t not in bus.topics()]
         if missing:
-            raise TopicError(f"cannot subscribe to missing topics on {bus.url}: {', '.join(missing)}")
+            raise TopicError(
+                f"cannot subscribe to missing topics on {bus.url}: {', '.join(missing)}"
+            )
         if group is None:
             self._owned = {
                 TopicPartition(t, p) for t in topics for p in range(bus.partitions(t))
@@ -340,7 +374,9 @@ class EmbeddedConsumer(Consumer):
                 (self.group, self.member, json.dumps(self.topics), now, now),
             )
             _rebalance(conn, self.group, self.bus.session_timeout)
-        log.info("consumer %s joined group %s for %s", self.member, self.group, self.topics)
+        log.info(
+            "consumer %s joined group %s for %s", self.member, self.group, self.topics
+        )
 
     def _beat(self) -> None:
         while not self._closed.wait(self.bus.heartbeat_interval):
@@ -354,9 +390,19 @@ class EmbeddedConsumer(Consumer):
                         now = time.time()
                         conn.execute(
                             "INSERT INTO members VALUES (?, ?, ?, ?, ?)",
-                            (self.group, self.member, json.dumps(self.topics), now, now),
+                            (
+                                self.group,
+                                self.member,
+                                json.dumps(self.topics),
+                                now,
+                                now,
+                            ),
                         )
-                        log.warning("consumer %s had expired from %s; rejoined", self.member, self.group)
+                        log.warning(
+                            "consumer %s had expired from %s; rejoined",
+                            self.member,
+                            self.group,
+                        )
                     _rebalance(conn, self.group, self.bus.session_timeout)
             except sqlite3.Error:
                 log.exception("heartbeat of %s failed", self.member)
@@ -374,7 +420,9 @@ class EmbeddedConsumer(Consumer):
             self._positions.pop(lost, None)
             self._paused.discard(lost)
         if owned != self._owned:
-            log.info("consumer %s of %s now owns %s", self.member, self.group, sorted(owned))
+            log.info(
+                "consumer %s of %s now owns %s", self.member, self.group, sorted(owned)
+            )
         self._owned = owned
 
     def _position(self, tp: TopicPartition) -> int:
@@ -413,7 +461,7 @@ class EmbeddedConsumer(Consumer):
             return []
         # Start at a different partition each time, so none is starved.
         self._cursor = (self._cursor + 1) % len(active)
-        active = active[self._cursor:] + active[: self._cursor]
+        active = active[self._cursor :] + active[: self._cursor]
         records: list[Record] = []
         for tp in active:
             want = max_records - len(records)
@@ -466,14 +514,17 @@ class EmbeddedConsumer(Consumer):
                 self._heartbeat.join(timeout=5)
             with self._db.write() as conn:
                 conn.execute(
-                    "DELETE FROM members WHERE grp = ? AND member = ?", (self.group, self.member)
+                    "DELETE FROM members WHERE grp = ? AND member = ?",
+                    (self.group, self.member),
                 )
                 _rebalance(conn, self.group, self.bus.session_timeout)
             log.info("consumer %s left group %s", self.member, self.group)
         self._db.close()
 
 
-def _record(tp: TopicPartition, offset: int, key: str | None, value: bytes, ts: float) -> Record:
+def _record(
+    tp: TopicPartition, offset: int, key: str | None, value: bytes, ts: float
+) -> Record:
     try:
         event: Event | None = Event.from_json(value)
         error = None
@@ -482,7 +533,9 @@ def _record(tp: TopicPartition, offset: int, key: str | None, value: bytes, ts: 
     return Record(tp.topic, tp.partition, offset, key, event, value, ts, error)
 
 
-def _rebalance(conn: sqlite3.Connection, group: str | None, session_timeout: float) -> None:
+def _rebalance(
+    conn: sqlite3.Connection, group: str | None, session_timeout: float
+) -> None:
     """Drop expired members, then spread partitions over the live ones.
 
     Partitions stay with their owner while it lives (sticky), so a member
@@ -493,7 +546,8 @@ def _rebalance(conn: sqlite3.Connection, group: str | None, session_timeout: flo
         (group, time.time() - session_timeout),
     )
     members = conn.execute(
-        "SELECT member, topics FROM members WHERE grp = ? ORDER BY joined, member", (group,)
+        "SELECT member, topics FROM members WHERE grp = ? ORDER BY joined, member",
+        (group,),
     ).fetchall()
     subscribed = {m: set(json.loads(t)) for m, t in members}
     counts = dict(conn.execute("SELECT name, partitions FROM topics").fetchall())
@@ -507,12 +561,14 @@ def _rebalance(conn: sqlite3.Connection, group: str | None, session_timeout: flo
     for topic in sorted({t for ts in subscribed.values() for t in ts}):
         eligible = [m for m, _ in members if topic in subscribed[m]]
         parts = list(range(counts.get(topic, 0)))
-        share = -(-len(parts) // len(eligible))  # ceiling: most partitions one member keeps
+        share = -(
+            -len(parts) // len(eligible)
+        )  # ceiling: most partitions one member keeps
         load = dict.fromkeys(eligible, 0)
         free = []
         for p in parts:
             owner = current.get((topic, p))
-            if owner in load and load[owner] < share:
+            if owner is not None and owner in load and load[owner] < share:
                 wanted[(topic, p)] = owner
                 load[owner] += 1
             else:

@@ -31,9 +31,10 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from ..bus import Record, TopicPartition, open_bus
+from ..bus import Record, open_bus
 from ..datastore import Datastore
 from ..errors import CommitError, WakefieldError
 from ..events import Event
@@ -51,8 +52,9 @@ POLL_SECONDS = 0.5
 class ServiceHost:
     """One replica of one service, consuming, handling and emitting."""
 
-    def __init__(self, document: dict[str, Any], service: str, replica: int,
-                 run: dict[str, Any]) -> None:
+    def __init__(
+        self, document: dict[str, Any], service: str, replica: int, run: dict[str, Any]
+    ) -> None:
         _configure_logging()
         self.workflow = _workflow(document)
         self.spec = self.workflow.service(service)
@@ -77,12 +79,23 @@ class ServiceHost:
 
         cls: type[Service] = kind_classes(_explicit(document))[self.spec.uses]
         self.kind = cls
-        self.context = ServiceContext(self.workflow.name, service, self.run_id, replica,
-                                      self.datastore, self.source, report=self.report)
+        self.context = ServiceContext(
+            self.workflow.name,
+            service,
+            self.run_id,
+            replica,
+            self.datastore,
+            self.source,
+            report=self.report,
+        )
         self.service = cls(self.spec.config, self.context)
         self._stop = threading.Event()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{service}-handler")
-        self._thread = threading.Thread(target=self._main, name=f"{service}-loop", daemon=True)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"{service}-handler"
+        )
+        self._thread = threading.Thread(
+            target=self._main, name=f"{service}-loop", daemon=True
+        )
         self._thread.start()
 
     # Remote interface (called by the runner through Ray)
@@ -117,12 +130,18 @@ class ServiceHost:
             if now - self._last_progress < 0.2:
                 return
             self._last_progress = now
-        event = Event(source=self.source, type=status_type(kind), runid=self.run_id,
-                      data={"service": self.spec.name, "replica": self.replica, **data})
+        event = Event(
+            source=self.source,
+            type=status_type(kind),
+            runid=self.run_id,
+            data={"service": self.spec.name, "replica": self.replica, **data},
+        )
         try:
             self.producer.publish(self.workflow.status_topic, event, key=self.run_id)
         except WakefieldError:
-            log.warning("could not publish status %s of %s", kind, self.spec.name, exc_info=True)
+            log.warning(
+                "could not publish status %s of %s", kind, self.spec.name, exc_info=True
+            )
 
     # The loop
 
@@ -131,21 +150,36 @@ class ServiceHost:
         try:
             self.service.setup()
             if self.inputs:
-                consumer = self.bus.consumer(sorted(self.inputs), group=self.group,
-                                             client_id=f"{self.spec.name}-{self.replica}")
+                consumer = self.bus.consumer(
+                    sorted(self.inputs),
+                    group=self.group,
+                    client_id=f"{self.spec.name}-{self.replica}",
+                )
             self.state = "running"
-            self.report("service.up", {"incarnation": self.incarnation, "restarted": self.restarted,
-                                       "pid": os.getpid()})
-            log.info("service %s replica %s up (incarnation %s)", self.spec.name, self.replica,
-                     self.incarnation)
+            self.report(
+                "service.up",
+                {
+                    "incarnation": self.incarnation,
+                    "restarted": self.restarted,
+                    "pid": os.getpid(),
+                },
+            )
+            log.info(
+                "service %s replica %s up (incarnation %s)",
+                self.spec.name,
+                self.replica,
+                self.incarnation,
+            )
             self._loop(consumer)
             self.state = "stopped"
         except Exception as exc:
             self.state = "failed"
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("service %s replica %s failed", self.spec.name, self.replica)
-            self.report("service.failed", {"error": self.error,
-                                           "traceback": traceback.format_exc(limit=20)})
+            self.report(
+                "service.failed",
+                {"error": self.error, "traceback": traceback.format_exc(limit=20)},
+            )
         finally:
             if consumer is not None:
                 consumer.close()
@@ -165,24 +199,38 @@ class ServiceHost:
                 tick_number += 1
                 if delay is None:
                     ticking = False
-                    self.report("progress", {"done": tick_number, "total": tick_number,
-                                             "message": "source finished"})
+                    self.report(
+                        "progress",
+                        {
+                            "done": tick_number,
+                            "total": tick_number,
+                            "message": "source finished",
+                        },
+                    )
                 else:
                     next_tick = time.monotonic() + delay
             if consumer is None:
                 wait = next_tick - time.monotonic() if ticking else POLL_SECONDS
                 self._stop.wait(max(0.0, min(wait, POLL_SECONDS)))
                 continue
-            timeout = max(0.0, min(POLL_SECONDS, next_tick - time.monotonic())) if ticking else POLL_SECONDS
+            timeout = (
+                max(0.0, min(POLL_SECONDS, next_tick - time.monotonic()))
+                if ticking
+                else POLL_SECONDS
+            )
             for record in consumer.poll(timeout=timeout, max_records=1):
                 self._process(consumer, record)
                 if self._stop.is_set():
                     break
 
     def _tick(self, consumer: Any, number: int) -> float | None:
-        cause = Event(id=f"{self.run_id}.{self.spec.name}.{self.replica}.tick.{number}",
-                      source=self.source, type="org.wakefield.tick", runid=self.run_id,
-                      data={"tick": number})
+        cause = Event(
+            id=f"{self.run_id}.{self.spec.name}.{self.replica}.tick.{number}",
+            source=self.source,
+            type="org.wakefield.tick",
+            runid=self.run_id,
+            data={"tick": number},
+        )
         entry = self.ledger.get(cause.id)
         if entry is not None:
             self._finish_emitting(cause.id, entry)
@@ -197,7 +245,12 @@ class ServiceHost:
     def _process(self, consumer: Any, record: Record) -> None:
         event = record.event
         if event is None:
-            self._deadletter(record, None, {"type": "EventError", "message": record.error or "undecodable"}, 0)
+            self._deadletter(
+                record,
+                None,
+                {"type": "EventError", "message": record.error or "undecodable"},
+                0,
+            )
             self._commit(consumer, record)
             return
         if event.runid is not None and event.runid != self.run_id:
@@ -220,29 +273,49 @@ class ServiceHost:
             self.counts["handled"] += 1
         self._commit(consumer, record)
 
-    def _handle_with_retries(self, consumer: Any, record: Record, event: Event,
-                             port: str) -> HandlerContext | None:
+    def _handle_with_retries(
+        self, consumer: Any, record: Record, event: Event, port: str
+    ) -> HandlerContext | None:
         policy = self.spec.retry
         delay = policy.backoff
         for attempt in range(1, policy.attempts + 1):
-            ctx = HandlerContext(self.context, event, outputs=self.outputs, attempt=attempt)
+            ctx = HandlerContext(
+                self.context, event, outputs=self.outputs, attempt=attempt
+            )
             started = time.monotonic()
             try:
-                self._wait_for(consumer, lambda ctx=ctx: self.service.handle(event, port, ctx))
-                log.info("handled %s from %s[%s]@%s in %.3f s", event.id, record.topic,
-                         record.partition, record.offset, time.monotonic() - started)
+                self._wait_for(consumer, partial(self.service.handle, event, port, ctx))
+                log.info(
+                    "handled %s from %s[%s]@%s in %.3f s",
+                    event.id,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    time.monotonic() - started,
+                )
                 return ctx
             except Exception as exc:  # a failure is data: retried, then dead-lettered
-                error = {"type": type(exc).__name__, "message": str(exc),
-                         "traceback": traceback.format_exc(limit=20),
-                         "seconds": round(time.monotonic() - started, 6)}
-                log.warning("attempt %s/%s on %s failed: %s", attempt, policy.attempts, event.id, exc)
+                error = {
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": traceback.format_exc(limit=20),
+                    "seconds": round(time.monotonic() - started, 6),
+                }
+                log.warning(
+                    "attempt %s/%s on %s failed: %s",
+                    attempt,
+                    policy.attempts,
+                    event.id,
+                    exc,
+                )
                 if attempt == policy.attempts or self._stop.is_set():
                     self._deadletter(record, event, error, attempt)
-                    self.ledger.put(event.id, Entry("deadlettered", meta={"error": error}))
+                    self.ledger.put(
+                        event.id, Entry("deadlettered", meta={"error": error})
+                    )
                     return None
                 self.counts["retried"] += 1
-                self._wait_for(consumer, lambda d=delay: time.sleep(d))
+                self._wait_for(consumer, partial(time.sleep, delay))
                 delay = min(delay * policy.multiplier, policy.max_backoff)
         return None
 
@@ -272,9 +345,14 @@ class ServiceHost:
         finally:
             self.busy_since = None
 
-    def _emit(self, cause_id: str, ctx: HandlerContext, meta: dict[str, Any] | None = None) -> None:
-        outputs = [(self.outputs[e.port], e.key, e.event.to_json().decode())
-                   for e in ctx.emitted if e.port in self.outputs]
+    def _emit(
+        self, cause_id: str, ctx: HandlerContext, meta: dict[str, Any] | None = None
+    ) -> None:
+        outputs = [
+            (self.outputs[e.port], e.key, e.event.to_json().decode())
+            for e in ctx.emitted
+            if e.port in self.outputs
+        ]
         entry = Entry("emitting", outputs, meta or {})
         self.ledger.put(cause_id, entry)
         self._finish_emitting(cause_id, entry)
@@ -286,7 +364,9 @@ class ServiceHost:
         entry.state = "done"
         self.ledger.put(cause_id, entry)
 
-    def _deadletter(self, record: Record, event: Event | None, error: dict[str, Any], attempts: int) -> None:
+    def _deadletter(
+        self, record: Record, event: Event | None, error: dict[str, Any], attempts: int
+    ) -> None:
         data = {
             "service": self.spec.name,
             "topic": record.topic,
@@ -296,18 +376,34 @@ class ServiceHost:
             "attempts": attempts,
             "error": error,
             "event": event.model_dump(mode="json") if event is not None else None,
-            "raw": None if event is not None else record.raw.decode("utf-8", "replace")[:65536],
+            "raw": None
+            if event is not None
+            else record.raw.decode("utf-8", "replace")[:65536],
         }
         if event is not None:
             letter = event.caused(source=self.source, type=DEADLETTER, data=data)
         else:
-            letter = Event(source=self.source, type=DEADLETTER, data=data, runid=self.run_id)
+            letter = Event(
+                source=self.source, type=DEADLETTER, data=data, runid=self.run_id
+            )
         self.producer.publish(self.workflow.deadletter_topic, letter, key=record.key)
         self.counts["deadlettered"] += 1
-        self.report("deadlettered", {k: data[k] for k in ("topic", "partition", "offset", "attempts")}
-                    | {"error": f"{error['type']}: {error['message']}", "event": event.id if event else None})
-        log.error("dead-lettered %s[%s]@%s after %s attempts: %s", record.topic, record.partition,
-                  record.offset, attempts, error["message"])
+        self.report(
+            "deadlettered",
+            {k: data[k] for k in ("topic", "partition", "offset", "attempts")}
+            | {
+                "error": f"{error['type']}: {error['message']}",
+                "event": event.id if event else None,
+            },
+        )
+        log.error(
+            "dead-lettered %s[%s]@%s after %s attempts: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            attempts,
+            error["message"],
+        )
 
     def _commit(self, consumer: Any, record: Record) -> None:
         try:
@@ -323,7 +419,9 @@ def _workflow(document: dict[str, Any]) -> WorkflowBase:
 
 
 def _explicit(document: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(sorted({s["uses"] for s in document["spec"]["services"] if ":" in s["uses"]}))
+    return tuple(
+        sorted({s["uses"] for s in document["spec"]["services"] if ":" in s["uses"]})
+    )
 
 
 def _reconstructed() -> bool:
@@ -339,5 +437,7 @@ def _reconstructed() -> bool:
 
 def _configure_logging() -> None:
     level = os.environ.get("WAKEFIELD_LOG_LEVEL", "WARNING").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("wakefield").setLevel(level)

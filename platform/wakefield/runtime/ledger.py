@@ -60,13 +60,23 @@ class Ledger:
                 raw = json.loads(fh.read())
         except FileNotFoundError:
             return None
-        return Entry(raw["state"], [tuple(o) for o in raw.get("outputs", [])], raw.get("meta", {}))  # type: ignore[misc]
+        return Entry(
+            raw["state"],
+            [tuple(o) for o in raw.get("outputs", [])],
+            raw.get("meta", {}),
+        )
 
     def put(self, event_id: str, entry: Entry) -> None:
         """Record an entry; the write replaces the file whole (write, then rename)."""
         path = self._path(event_id)
-        body = json.dumps({"event": event_id, "state": entry.state,
-                           "outputs": entry.outputs, "meta": entry.meta}).encode()
+        body = json.dumps(
+            {
+                "event": event_id,
+                "state": entry.state,
+                "outputs": entry.outputs,
+                "meta": entry.meta,
+            }
+        ).encode()
         fs = self.datastore.fs
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         if self.datastore.local:

@@ -64,10 +64,17 @@ class RunResult:
         return self.state == "completed"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "workflow": self.workflow, "state": self.state,
-                "reason": self.reason, "seconds": round(self.seconds, 3),
-                "datastore": self.datastore, "bus": self.bus, "results": self.results,
-                "status": self.status}
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "state": self.state,
+            "reason": self.reason,
+            "seconds": round(self.seconds, 3),
+            "datastore": self.datastore,
+            "bus": self.bus,
+            "results": self.results,
+            "status": self.status,
+        }
 
 
 def new_run_id(workflow: str) -> str:
@@ -78,8 +85,14 @@ def new_run_id(workflow: str) -> str:
 def bus_url_of(workflow: WorkflowBase, override: str | None = None) -> str:
     """The bus a run uses: ``--bus`` if given, else the workflow's."""
     if override:
-        return override if "://" not in override or not override.startswith("embedded://") else (
-            "embedded://" + str(Path(override.removeprefix("embedded://")).resolve()))
+        return (
+            override
+            if "://" not in override or not override.startswith("embedded://")
+            else (
+                "embedded://"
+                + str(Path(override.removeprefix("embedded://")).resolve())
+            )
+        )
     bus = workflow.spec.bus
     if isinstance(bus, KafkaBusSpec):
         return "kafka://" + ",".join(bus.bootstrap)
@@ -119,7 +132,9 @@ class Run:
         self.run_id = run_id or new_run_id(workflow.name)
         self.ray_address = ray_address
         complete = workflow.spec.complete
-        self.timeout = timeout if timeout is not None else (complete.timeout if complete else None)
+        self.timeout = (
+            timeout if timeout is not None else (complete.timeout if complete else None)
+        )
         self.on_status = on_status
         self.on_result = on_result
         self.status = RunStatus(self.run_id)
@@ -142,28 +157,56 @@ class Run:
         Datastore(self.datastore_root)  # creates a local root, checks the URL
         create = getattr(self.workflow.spec.bus, "create_topics", True)
         replication = getattr(self.workflow.spec.bus, "replication", 1)
-        bus.ensure_topics([TopicSpec(t.name, t.partitions, t.replication or replication)
-                           for t in topic_specs(self.workflow).values()], create=create)
+        bus.ensure_topics(
+            [
+                TopicSpec(t.name, t.partitions, t.replication or replication)
+                for t in topic_specs(self.workflow).values()
+            ],
+            create=create,
+        )
         self._producer = bus.producer()
         self._watch = bus.consumer(self._watched_topics(), group=None, start="earliest")
         # Commands count from now on: a resumed run must not obey its old "cancel".
-        self._control = bus.consumer([self.workflow.control_topic], group=None, start="latest")
+        self._control = bus.consumer(
+            [self.workflow.control_topic], group=None, start="latest"
+        )
 
         _ensure_ray(self.ray_address, self._cpus_needed())
-        run = {"run_id": self.run_id, "bus_url": self.bus_url, "datastore_root": self.datastore_root}
+        run = {
+            "run_id": self.run_id,
+            "bus_url": self.bus_url,
+            "datastore_root": self.datastore_root,
+        }
         replicas = {s.name: s.replicas for s in self.workflow.spec.services}
-        self._publish_status("run.started", {
-            "workflow": self.workflow.name, "replicas": replicas, "bus": self.bus_url,
-            "datastore": self.datastore_root, "resume": self.resume})
+        self._publish_status(
+            "run.started",
+            {
+                "workflow": self.workflow.name,
+                "replicas": replicas,
+                "bus": self.bus_url,
+                "datastore": self.datastore_root,
+                "resume": self.resume,
+            },
+        )
         for svc in self.workflow.spec.services:
-            self.actors[svc.name] = [self._actor(svc, i, run) for i in range(svc.replicas)]
-        log.info("run %s started %s actors", self.run_id, sum(map(len, self.actors.values())))
+            self.actors[svc.name] = [
+                self._actor(svc, i, run) for i in range(svc.replicas)
+            ]
+        log.info(
+            "run %s started %s actors", self.run_id, sum(map(len, self.actors.values()))
+        )
 
         if not self.resume:
             for i, start in enumerate(self.workflow.spec.start):
-                event = Event(id=f"{self.run_id}.start.{i}", source=f"wakefield://{self.workflow.name}",
-                              type=start.type, data=start.data, subject=start.subject,
-                              runid=self.run_id, correlationid=self.run_id)
+                event = Event(
+                    id=f"{self.run_id}.start.{i}",
+                    source=f"wakefield://{self.workflow.name}",
+                    type=start.type,
+                    data=start.data,
+                    subject=start.subject,
+                    runid=self.run_id,
+                    correlationid=self.run_id,
+                )
                 self._producer.publish(start.topic, event, key=start.key or self.run_id)
 
     def wait(self) -> RunResult:
@@ -182,8 +225,14 @@ class Run:
                 if self._complete():
                     state = "completed"
                     break
-                if self.timeout is not None and time.monotonic() - self._started > self.timeout:
-                    state, reason = "failed", f"not complete after {self.timeout:.0f} s (spec.complete.timeout)"
+                if (
+                    self.timeout is not None
+                    and time.monotonic() - self._started > self.timeout
+                ):
+                    state, reason = (
+                        "failed",
+                        f"not complete after {self.timeout:.0f} s (spec.complete.timeout)",
+                    )
                     break
                 if time.monotonic() >= next_ping:
                     self._ping()
@@ -191,14 +240,29 @@ class Run:
         except KeyboardInterrupt:
             state, reason = "cancelled", "interrupted (Ctrl-C)"
         self.stop()
-        self._publish_status(f"run.{state}", {"reason": reason, "results": {
-            topic: len(events) for topic, events in self.results.items()}})
+        self._publish_status(
+            f"run.{state}",
+            {
+                "reason": reason,
+                "results": {
+                    topic: len(events) for topic, events in self.results.items()
+                },
+            },
+        )
         self._drain()
         self._watch.close()
         self._control.close()
-        return RunResult(self.run_id, self.workflow.name, state, reason, dict(self.results),
-                         time.monotonic() - self._started, self.datastore_root, self.bus_url,
-                         self.status.to_dict())
+        return RunResult(
+            self.run_id,
+            self.workflow.name,
+            state,
+            reason,
+            dict(self.results),
+            time.monotonic() - self._started,
+            self.datastore_root,
+            self.bus_url,
+            self.status.to_dict(),
+        )
 
     def cancel(self, reason: str = "cancelled") -> None:
         self._cancel_reason = reason
@@ -223,7 +287,11 @@ class Run:
 
         svc = self.workflow.service(service)
         current = self.actors.get(service, [])
-        run = {"run_id": self.run_id, "bus_url": self.bus_url, "datastore_root": self.datastore_root}
+        run = {
+            "run_id": self.run_id,
+            "bus_url": self.bus_url,
+            "datastore_root": self.datastore_root,
+        }
         if replicas > len(current):
             current += [self._actor(svc, i, run) for i in range(len(current), replicas)]
         else:
@@ -233,7 +301,9 @@ class Run:
                     ray.kill(actor, no_restart=True)
             del current[replicas:]
         self.actors[service] = current
-        self._publish_status("service.scaled", {"service": service, "replicas": replicas})
+        self._publish_status(
+            "service.scaled", {"service": service, "replicas": replicas}
+        )
         log.info("scaled %s to %s replicas", service, replicas)
 
     # Actors
@@ -251,25 +321,39 @@ class Run:
         }
         if svc.resources.memory:
             options["memory"] = svc.resources.memory
-        return ray.remote(ServiceHost).options(**options).remote(self.document, svc.name, replica, run)
+        return (
+            ray.remote(ServiceHost)
+            .options(**options)
+            .remote(self.document, svc.name, replica, run)
+        )
 
     def _ping(self) -> None:
         import ray
 
-        calls = {a.ping.remote(): (name, i) for name, actors in self.actors.items()
-                 for i, a in enumerate(actors)}
+        calls = {
+            a.ping.remote(): (name, i)
+            for name, actors in self.actors.items()
+            for i, a in enumerate(actors)
+        }
         if not calls:
             return
-        ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=PING_SECONDS * 3)
+        ready, _ = ray.wait(
+            list(calls), num_returns=len(calls), timeout=PING_SECONDS * 3
+        )
         for ref in ready:
             name, replica = calls[ref]
             try:
                 info = ray.get(ref)
             except ray.exceptions.ActorDiedError as exc:
-                self._fail(f"service {name} replica {replica} died and will not restart: "
-                           f"{_first_line(exc)}")
+                self._fail(
+                    f"service {name} replica {replica} died and will not restart: "
+                    f"{_first_line(exc)}"
+                )
                 continue
-            except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError) as exc:
+            except (
+                ray.exceptions.ActorUnavailableError,
+                ray.exceptions.RayActorError,
+            ) as exc:
                 self._down.setdefault((name, replica), _first_line(exc))
                 continue
             if info["state"] == "failed" and self.workflow.spec.complete is not None:
@@ -301,7 +385,9 @@ class Run:
             elif record.topic == self.workflow.control_topic:
                 self._on_control(event)
             else:
-                self.results[record.topic].append(event.model_dump(mode="json", exclude_none=True))
+                self.results[record.topic].append(
+                    event.model_dump(mode="json", exclude_none=True)
+                )
                 if self.on_result is not None:
                     self.on_result(record.topic, event)
 
@@ -312,12 +398,22 @@ class Run:
         if kind == "service.up" and data.get("restarted"):
             # Ray restarted the actor; a ping that failed meanwhile may know why.
             key = (str(data.get("service")), int(data.get("replica", 0)))
-            reason = self._down.pop(key, "its process ended unexpectedly (killed or crashed)")
-            self._publish_status("service.restarted", {"service": key[0], "replica": key[1],
-                                                       "reason": reason})
+            reason = self._down.pop(
+                key, "its process ended unexpectedly (killed or crashed)"
+            )
+            self._publish_status(
+                "service.restarted",
+                {"service": key[0], "replica": key[1], "reason": reason},
+            )
             log.warning("service %s replica %s restarted: %s", key[0], key[1], reason)
-        if kind == "deadlettered" and complete is not None and complete.fail_on_deadletter:
-            self._fail(f"an event was dead-lettered by {data.get('service')}: {data.get('error')}")
+        if (
+            kind == "deadlettered"
+            and complete is not None
+            and complete.fail_on_deadletter
+        ):
+            self._fail(
+                f"an event was dead-lettered by {data.get('service')}: {data.get('error')}"
+            )
         if self.on_status is not None:
             self.on_status(event)
 
@@ -339,22 +435,31 @@ class Run:
         if complete is None:
             return False
         for cond in complete.when:
-            events = [e for e in self.results.get(cond.topic, [])
-                      if cond.type is None or e.get("type") == cond.type]
+            events = [
+                e
+                for e in self.results.get(cond.topic, [])
+                if cond.type is None or e.get("type") == cond.type
+            ]
             if len(events) < cond.count:
                 return False
         return True
 
     def _publish_status(self, kind: str, data: dict[str, Any]) -> None:
-        event = Event(source=f"wakefield://{self.workflow.name}", type=status_type(kind),
-                      runid=self.run_id, data=data)
+        event = Event(
+            source=f"wakefield://{self.workflow.name}",
+            type=status_type(kind),
+            runid=self.run_id,
+            data=data,
+        )
         try:
             self._producer.publish(self.workflow.status_topic, event, key=self.run_id)
         except WakefieldError:
             log.warning("could not publish status %s", kind, exc_info=True)
 
     def _cpus_needed(self) -> float:
-        return sum(s.resources.cpu * s.replicas for s in self.workflow.spec.services)
+        return float(
+            sum(s.resources.cpu * s.replicas for s in self.workflow.spec.services)
+        )
 
 
 def run_workflow(workflow: WorkflowBase, **options: Any) -> RunResult:
@@ -371,7 +476,9 @@ def _cancel_on_signals(run: Run) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: run.cancel("terminated (SIGTERM)"))
+    previous = signal.signal(
+        signal.SIGTERM, lambda *_: run.cancel("terminated (SIGTERM)")
+    )
     try:
         yield
     finally:
@@ -413,4 +520,11 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-__all__ = ["Run", "RunCancelled", "RunResult", "RuntimeFailure", "new_run_id", "run_workflow"]
+__all__ = [
+    "Run",
+    "RunCancelled",
+    "RunResult",
+    "RuntimeFailure",
+    "new_run_id",
+    "run_workflow",
+]

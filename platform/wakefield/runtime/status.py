@@ -73,7 +73,11 @@ class RunStatus:
         data = event.data if isinstance(event.data, dict) else {}
         if kind is None:
             return
-        svc = self.services.setdefault(data["service"], ServiceStatus()) if "service" in data else None
+        svc = (
+            self.services.setdefault(data["service"], ServiceStatus())
+            if "service" in data
+            else None
+        )
         match kind:
             case "run.started":
                 self.state = "running"
@@ -98,7 +102,10 @@ class RunStatus:
                 svc.up = {r for r in svc.up if r < svc.replicas}
             case "progress" if svc is not None:
                 svc.progress[int(data.get("replica", 0))] = (
-                    float(data.get("done", 0)), float(data.get("total", 0)), str(data.get("message", "")))
+                    float(data.get("done", 0)),
+                    float(data.get("total", 0)),
+                    str(data.get("message", "")),
+                )
             case "deadlettered" if svc is not None:
                 svc.deadlettered += 1
 

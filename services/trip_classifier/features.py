@@ -113,7 +113,9 @@ def trip_features(
     first = per_cavity[np.arange(len(x)), order[:, 0]]
     zone = _zone(columns)
     out = np.concatenate([per_cavity.reshape(len(x), -1), first, zone], axis=1)
-    return np.nan_to_num(out, nan=0.0, posinf=_NEVER, neginf=-_NEVER)
+    return np.asarray(
+        np.nan_to_num(out, nan=0.0, posinf=_NEVER, neginf=-_NEVER), dtype=np.float64
+    )
 
 
 def dataset_features(ds: xr.Dataset) -> xr.DataArray:
@@ -232,7 +234,7 @@ def _first_departure(
         rms = y[..., base_w].std(axis=-1, keepdims=True)
         limit = np.maximum(6.0 * rms, floor * np.abs(mean))
         first = np.minimum(first, _first_time(np.abs(y - mean) > limit, times, -100.0))
-    return first - np.median(first, axis=1, keepdims=True)
+    return np.asarray(first - np.median(first, axis=1, keepdims=True), dtype=np.float64)
 
 
 def _zone(columns: dict[str, FloatArray]) -> FloatArray:

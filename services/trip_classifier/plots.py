@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from .metrics import ClassificationReport  # noqa: E402
 
@@ -88,7 +89,7 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: Path) -> Pat
     return _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

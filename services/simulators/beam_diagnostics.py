@@ -157,9 +157,12 @@ def peak_current(
     """Peak current of each bunch in A, from a histogram that adapts to it.
 
     The bin width is the bunch's robust rms length (interquartile range over
-    1.349, which ignores long tails) divided by ``bins_per_sigma``; the peak
-    of a Gaussian bunch is then underestimated by under 0.3 % while the
-    histogram noise stays at a few percent for 10,000 particles.
+    1.349, which ignores long tails) divided by ``bins_per_sigma``, and the
+    counts are smoothed with weights (1/4, 1/2, 1/4) before the maximum is
+    taken, so that the noise of single bins does not pass for a peak.  For a
+    Gaussian bunch of 10,000 particles the result scatters by about 2 % and
+    is biased by under 1 % (measured over 400 seeds; 2,000 particles: 5 %
+    and 4 %).
 
     :param z: longitudinal positions in m, shape ``(..., n)``.
     :param charge: charge of one macro-particle in C (its magnitude is used).
@@ -174,7 +177,10 @@ def peak_current(
     bins = 2 * math.ceil(8.0 * bins_per_sigma)
     low = median - 0.5 * bins * width
     counts = histogram(z, low, width.clamp_min(torch.finfo(z.dtype).tiny), bins)
-    current: torch.Tensor = counts.amax(dim=-1) * abs(charge) * SPEED_OF_LIGHT / width
+    padded = torch.nn.functional.pad(counts, (1, 1))
+    smooth = 0.5 * counts + 0.25 * (padded[..., :-2] + padded[..., 2:])
+
+    current: torch.Tensor = smooth.amax(dim=-1) * abs(charge) * SPEED_OF_LIGHT / width
     return current
 
 

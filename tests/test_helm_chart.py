@@ -19,7 +19,7 @@ import importlib.util
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,10 +34,17 @@ WORKFLOW = ROOT / "helm" / "checks" / "workflow.yaml"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 TOOLS_UNAVAILABLE = 3  # check-helm's exit status when it cannot install a tool
 
-needs_helm = pytest.mark.skipif(
+_skip_helm = pytest.mark.skipif(
     os.environ.get("WAKEFIELD_SKIP_HELM") == "1",
     reason="WAKEFIELD_SKIP_HELM=1: helm and kubeconform are not installed here",
 )
+
+
+def needs_helm(test: Callable[..., None]) -> Callable[..., None]:
+    """Marks a test that renders the chart: slow (tools, maybe a first install)."""
+    return pytest.mark.slow(_skip_helm(test))
+
+
 pytestmark = pytest.mark.timeout(1800)  # the first run builds helm
 
 Manifest = dict[str, Any]
@@ -161,7 +168,7 @@ def test_dashboard_is_never_exposed_without_auth(helm: str, name: str) -> None:
             ports = service["spec"]["ports"]
             assert all(8265 not in (p["port"], p.get("targetPort")) for p in ports)
 
-    auth_keys = re.compile(r"auth-url|auth-secret|middlewares|auth")
+    auth_keys = re.compile(r"auth|middlewares")
     for ingress in of_kind(objects, "Ingress"):
         annotations = ingress["metadata"].get("annotations", {})
         assert any(auth_keys.search(key) for key in annotations), annotations

@@ -635,6 +635,8 @@ class KafkaBus(Bus):
 
     def _describe(self, names: Sequence[str]) -> dict[str, int]:
         """The partition counts of those of ``names`` that exist."""
+        if not names:
+            return {}  # an empty list would describe every topic
         with self._lock:
             try:
                 described = self._admin.describe_topics(list(names))
@@ -695,6 +697,8 @@ class KafkaBus(Bus):
             }
             for spec in specs
         }
+        refused: dict[str, str] = {}
+        results: list[dict[str, Any]] = []
         with self._lock:
             try:
                 response = self._admin.create_topics(
@@ -702,11 +706,13 @@ class KafkaBus(Bus):
                     timeout_ms=_ms(self.options.request_timeout),
                     raise_errors=False,
                 )
+                results = response["topics"]
+            except kerrors.AuthorizationError as exc:
+                refused = dict.fromkeys(request, f"{type(exc).__name__}: {exc}")
             except kerrors.KafkaError as exc:
                 raise _translate(exc, f"creating topics {sorted(request)}") from exc
 
-        refused: dict[str, str] = {}
-        for result in response["topics"]:
+        for result in results:
             error = kerrors.for_code(result["error_code"])
             reason = result.get("error_message") or error.__name__
             if error in (kerrors.NoError, kerrors.TopicAlreadyExistsError):
@@ -1046,12 +1052,13 @@ class KafkaProducer(Producer):
     def _failure(
         self, exc: Exception, item: _Outgoing, stored: int, total: int
     ) -> BusError:
+        if not isinstance(exc, kerrors.KafkaTimeoutError):
+            # After a refusal kafka-python's idempotent producer may fail every
+            # later send (it does after a size refusal), so it is replaced.
+            self._replace_client()
         if isinstance(exc, _TOO_LARGE):
             # The broker's limit is lower than the one looked up (it changed).
-            # kafka-python's idempotent producer fails every later send after
-            # this error, so it is replaced.
             self.bus._forget_topic(item.topic)
-            self._replace_client()
             return EventTooLargeError(
                 f"the broker at {self.bus.url} refused event {item.event_id} on topic "
                 f"{item.topic!r} as too large ({len(item.value)} bytes of data); "

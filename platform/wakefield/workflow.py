@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, StrictBool, create_model
+from pydantic import Field, StrictBool, create_model, model_validator
 
 from .config import ByteSize, Duration, StrictModel
 from .errors import Problem, RegistryError
@@ -107,6 +107,36 @@ class RetryPolicy(StrictModel):
     max_backoff: Duration = 30.0
 
 
+class Autoscale(StrictModel):
+    """Replicas that follow the consumer lag of the service's group.
+
+    Every ``interval`` the runner reads the lag of the group
+    ``<workflow>.<service>`` (events published to its input topics and not
+    yet committed) and runs ``ceil(lag / target_lag)`` replicas, kept
+    between ``min`` and ``max``, changing at most once per ``cooldown``.
+    """
+
+    min: int = Field(default=1, ge=0, le=256)
+    """Fewest replicas, also while nothing is waiting."""
+    max: int = Field(ge=1, le=256)
+    """Most replicas; more than the input topics' partitions would stay idle."""
+    target_lag: int = Field(default=100, ge=1)
+    """Waiting events per replica that the scaler aims at."""
+    interval: Duration = Field(default=10.0, gt=0)
+    """How often the lag is read, in seconds (``10s``)."""
+    cooldown: Duration = 30.0
+    """Seconds after a change of replicas before the next one (``30s``)."""
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Autoscale:
+        if self.min > self.max:
+            raise ValueError(
+                f"autoscale min ({self.min}) is above max ({self.max}); "
+                "write min <= max"
+            )
+        return self
+
+
 class ServiceSpecBase(StrictModel):
     """Fields every service instance has; ``uses`` and ``config`` come per kind."""
 
@@ -121,6 +151,29 @@ class ServiceSpecBase(StrictModel):
     retry: RetryPolicy = RetryPolicy()
     max_restarts: int = Field(default=3, ge=-1)
     """Times Ray restarts a crashed actor (-1: without limit)."""
+    autoscale: Autoscale | None = None
+    """Scale replicas between min and max from the group's lag; ``replicas``
+    is then the count at start (default: ``min``)."""
+
+    @model_validator(mode="after")
+    def _replicas_within_autoscale(self) -> ServiceSpecBase:
+        scale = self.autoscale
+        if scale is None:
+            return self
+        if not self.subscribe:
+            raise ValueError(
+                "autoscale follows the lag of the service's input topics, "
+                "but it subscribes to none; remove autoscale or add subscribe"
+            )
+        if "replicas" not in self.model_fields_set:
+            self.replicas = scale.min
+        elif not scale.min <= self.replicas <= scale.max:
+            raise ValueError(
+                f"replicas ({self.replicas}) is outside autoscale's range "
+                f"{scale.min}..{scale.max}; leave replicas out (it starts at "
+                "min) or give one within the range"
+            )
+        return self
 
     def input_topics(self) -> dict[str, str]:
         """Topic -> input port."""

@@ -10,7 +10,13 @@ not), and then watches:
 - the control topic, where ``wakefield cancel`` and ``wakefield scale``
   from any process leave their commands;
 - the actors themselves, pinged every second: an actor Ray is restarting
-  is reported with the reason Ray gives.
+  is reported with the reason Ray gives;
+- the lag of services with ``autoscale``, whose replicas follow it
+  (see :mod:`wakefield.runtime.autoscale`).
+
+Replicas are placed with Ray's SPREAD strategy, so on a cluster of several
+nodes a service's replicas run on different nodes where they can, and
+losing one node stops only some of them.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..datastore import Datastore
 from ..errors import RunCancelled, RuntimeFailure, WakefieldError
 from ..events import Event
 from ..workflow import EmbeddedBusSpec, KafkaBusSpec, WorkflowBase, topic_specs
+from .autoscale import Autoscaler
 from .host import ServiceHost
 from .status import RunStatus, status_kind, status_type
 
@@ -146,6 +153,7 @@ class Run:
         self._cancel_reason = "cancelled"
         self._failure: str | None = None
         self._bus: Bus | None = None
+        self._autoscaler: Autoscaler | None = None
         self._started = 0.0
 
     # Life
@@ -165,6 +173,7 @@ class Run:
             create=create,
         )
         self._producer = bus.producer()
+        self._autoscaler = Autoscaler(self.workflow, bus)
         self._watch = bus.consumer(self._watched_topics(), group=None, start="earliest")
         # Commands count from now on: a resumed run must not obey its old "cancel".
         self._control = bus.consumer(
@@ -237,6 +246,7 @@ class Run:
                 if time.monotonic() >= next_ping:
                     self._ping()
                     next_ping = time.monotonic() + PING_SECONDS
+                self._autoscale()
         except KeyboardInterrupt:
             state, reason = "cancelled", "interrupted (Ctrl-C)"
         self.stop()
@@ -281,8 +291,11 @@ class Run:
                 ray.kill(actor, no_restart=True)
         self.actors = {}
 
-    def scale(self, service: str, replicas: int) -> None:
-        """Add or remove replicas of a running service."""
+    def scale(
+        self, service: str, replicas: int, details: dict[str, Any] | None = None
+    ) -> None:
+        """Add or remove replicas of a running service; ``details`` (why)
+        go into the ``service.scaled`` status event."""
         import ray
 
         svc = self.workflow.service(service)
@@ -301,10 +314,32 @@ class Run:
                     ray.kill(actor, no_restart=True)
             del current[replicas:]
         self.actors[service] = current
+        if self._autoscaler is not None:
+            self._autoscaler.changed(service)
         self._publish_status(
-            "service.scaled", {"service": service, "replicas": replicas}
+            "service.scaled",
+            {"service": service, "replicas": replicas, **(details or {})},
         )
         log.info("scaled %s to %s replicas", service, replicas)
+
+    def _autoscale(self) -> None:
+        if not self._autoscaler:
+            return
+        current = {name: len(actors) for name, actors in self.actors.items()}
+        for decision in self._autoscaler.decide(current):
+            try:
+                self.scale(
+                    decision.service,
+                    decision.replicas,
+                    {"lag": decision.lag, "by": "autoscale"},
+                )
+            except Exception:  # a failed change is tried again at the next check
+                log.warning(
+                    "autoscaling %s to %s replicas failed",
+                    decision.service,
+                    decision.replicas,
+                    exc_info=True,
+                )
 
     # Actors
 
@@ -318,6 +353,8 @@ class Run:
             "max_concurrency": 4,  # ping and stop answer while the loop works
             "num_cpus": svc.resources.cpu,
             "num_gpus": svc.resources.gpu,
+            # Replicas on different nodes where there are several.
+            "scheduling_strategy": "SPREAD",
         }
         if svc.resources.memory:
             options["memory"] = svc.resources.memory

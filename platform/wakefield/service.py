@@ -63,6 +63,27 @@ class ServiceContext:
         """Report progress of long work on the run's status topic."""
         self.report("progress", {"done": done, "total": total, "message": message})
 
+    def load_state(self, name: str) -> dict[str, Any]:
+        """Small JSON state of this service in this run, kept across restarts."""
+        from .runtime.ledger import Ledger
+
+        ledger = Ledger(self.datastore, self.workflow, self.service)
+        return ledger.state_of(f"{self.run_id}/{name}")
+
+    def save_state(self, name: str, state: dict[str, Any]) -> None:
+        """Replace the state ``name`` (written whole, so a crash leaves old or new)."""
+        from .runtime.ledger import Ledger
+
+        ledger = Ledger(self.datastore, self.workflow, self.service)
+        ledger.save_state(f"{self.run_id}/{name}", state)
+
+    def is_handled(self, event_id: str) -> bool:
+        """True once this service finished an event and recorded what it emitted."""
+        from .runtime.ledger import Ledger
+
+        entry = Ledger(self.datastore, self.workflow, self.service).get(event_id)
+        return entry is not None and entry.state in ("emitting", "done")
+
 
 @dataclass
 class Emitted:
@@ -107,20 +128,24 @@ class HandlerContext:
         dataref: DataRef | None = None,
         key: str | None = None,
         subject: str | None = None,
+        cause: Event | None = None,
     ) -> Event:
         """Queue an event for output ``port``; published after the handler returns.
 
         Events of a port the workflow does not wire to a topic are dropped
-        (the workflow chose not to listen to them).
+        (the workflow chose not to listen to them).  ``cause`` names another
+        event this one answers (a deferred request): its id then derives
+        from that event, whichever event's handler emits it.
         """
         if port not in self._outputs:
             raise KeyError(
                 f"{self.service.service} has no output port {port!r}; "
                 f"its ports are {sorted(self._outputs)}"
             )
-        index = len(self.emitted)
-        if self.event is not None:
-            out = self.event.caused(
+        index = len(self.emitted) if cause is None else 0
+        origin = cause if cause is not None else self.event
+        if origin is not None:
+            out = origin.caused(
                 source=self.service.source,
                 type=type,
                 data=data,
@@ -128,7 +153,7 @@ class HandlerContext:
                 dataref=dataref,
                 subject=subject,
             )
-            out = out.model_copy(update={"runid": self.run_id})
+            out = out.model_copy(update={"runid": origin.runid or self.run_id})
         else:
             out = Event(
                 source=self.service.source,

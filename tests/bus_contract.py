@@ -26,7 +26,7 @@ BACKENDS = [
     pytest.param("kafka", id="kafka", marks=pytest.mark.kafka),
 ]
 
-WAIT = 30.0
+WAIT = 60.0
 """Seconds a test waits for events or a settled group before it fails."""
 
 

@@ -63,6 +63,9 @@ def quick_options(**overrides: Any) -> KafkaOptions:
         "request_timeout": 10.0,
         "delivery_timeout": 30.0,
         "session_timeout": TEST_SESSION_TIMEOUT,
+        # Bounds a rebalance that waits for a member, and so how soon a
+        # member whose join got lost joins again (see KafkaConsumer).
+        "max_poll_interval": 20.0,
     }
     settings.update(overrides)
     return KafkaOptions.load(settings)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kafka.structs import ConsumerGroupMetadata, MemberState
 
 pytest.register_assert_rewrite("bus_contract", "kafka_fixtures")
 
@@ -322,6 +323,38 @@ def test_slow_handler_that_stops_polling_is_evicted(kafka_server: str) -> None:
     assert again.offset == record.offset
     member.close()
     producer.close()
+    bus.close()
+
+
+def test_member_whose_join_never_completes_joins_again(
+    kafka_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member stuck joining its group (a lost SyncGroup in kafka-python)
+    gets a fresh client, joins, and receives its events."""
+    options = quick_options(max_poll_interval=2.0, request_timeout=2.0)
+    bus = KafkaBus([kafka_server], options=options)
+    topic = _topic(bus, "stuck")
+    member = bus.consumer([topic], group=unique_name("stuck"))
+    # The client of a lost join: forever rebalancing, never any records.
+    stuck = member._client
+    monkeypatch.setattr(
+        stuck,
+        "group_metadata",
+        lambda: ConsumerGroupMetadata(group_id="g", state=MemberState.REBALANCING),
+    )
+    monkeypatch.setattr(
+        stuck,
+        "poll",
+        lambda timeout_ms, max_records: time.sleep(timeout_ms / 1e3) or {},
+    )
+    sent = _event(1)
+    bus.producer().publish(topic, sent)
+
+    (record,) = drain(member, 1)
+
+    assert member._client is not stuck
+    assert record.event is not None and record.event.id == sent.id
+    member.close()
     bus.close()
 
 

@@ -99,6 +99,7 @@ from kafka import TopicPartition as _KafkaTopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.net.compat import KafkaNetClient
 from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.structs import MemberState
 from pydantic import Field, FilePath, SecretStr, ValidationError, model_validator
 
 from ..config import ByteSize, Duration, StrictModel
@@ -1137,9 +1138,16 @@ class KafkaConsumer(Consumer):
         self.topics = topics
         self.group = group
         self.start = start
+        self._client_id = client_id
         self._paused: set[_KafkaTopicPartition] = set()
         self._closed = False
         self._last_poll: float | None = None
+        self._unsettled_since: float | None = None
+        # A join or sync that takes longer than this never completes: the
+        # broker holds a JoinGroup for max_poll_interval at most, and a
+        # SyncGroup answers within request_timeout.
+        options = bus.options
+        self._stuck_after = options.max_poll_interval + options.request_timeout + 5
 
         counts = bus._describe(topics)
         missing = [t for t in topics if t not in counts]
@@ -1155,6 +1163,42 @@ class KafkaConsumer(Consumer):
         else:
             self._client.subscribe(topics, listener=_Rebalance(self))
             logger.info("consumer of %s joins group %s", topics, group)
+
+    def _watch_membership(self, now: float) -> None:
+        """Replaces a kafka-python client whose join never completes.
+
+        kafka-python 3.0.12 can lose a SyncGroup request during a rebalance
+        (seen about once in 40 rebalances on a loaded machine): the member
+        then stays in ``<rebalancing>`` with no partitions and no error, and
+        the group goes on without it.  A fresh client joins again.
+        """
+        state = self._client.group_metadata().state
+        if state == MemberState.STABLE:
+            self._unsettled_since = None
+            return
+        if self._unsettled_since is None:
+            self._unsettled_since = now
+            return
+        if now - self._unsettled_since < self._stuck_after:
+            return
+
+        logger.warning(
+            "consumer of %s has been joining group %s for %.0f s without an "
+            "answer; replacing its Kafka client to join again",
+            self.topics,
+            self.group,
+            now - self._unsettled_since,
+        )
+        old = self._client
+        self._client = self.bus._new_consumer_client(
+            self.group, self.start, self._client_id
+        )
+        self._client.subscribe(self.topics, listener=_Rebalance(self))
+        self._unsettled_since = None
+        try:
+            old.close(autocommit=False, timeout_ms=_ms(1.0))
+        except kerrors.KafkaError as exc:
+            logger.debug("closing a stuck consumer client: %s", exc)
 
     def __repr__(self) -> str:
         return f"KafkaConsumer({self.topics!r}, group={self.group!r}, {self.bus.url!r})"
@@ -1211,6 +1255,8 @@ class KafkaConsumer(Consumer):
                 gap,
                 limit,
             )
+        if self.group is not None:
+            self._watch_membership(now)
 
         try:
             batches = self._client.poll(

@@ -111,6 +111,20 @@ class Simulation(Service):
     inputs = {"requests": "a scan request; data may set samples, seed, method"}
     outputs = {"datasets": "org.wakefield.dataset.ready with the scan's reference"}
 
+    @classmethod
+    def render(cls, event: Event) -> str | None:
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.type != DATASET_READY or "samples" not in data:
+            return None
+        lines = [
+            f"scan of {data['samples']} samples ({data['method']}, seed {data['seed']}) "
+            f"in {data.get('seconds', float('nan')):.1f} s; {data['failed']} flagged"
+        ]
+        if event.dataref is not None:
+            lines.append(f"  dataset: {event.dataref.uri}")
+        lines += [f"  plot: {p}" for p in data.get("plots", [])]
+        return "\n".join(lines)
+
     def setup(self) -> None:
         config: SimulationConfig = self.config  # type: ignore[assignment]
         self.simulator = make_simulator(config.simulator, config.options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from . import __version__, api
 from .errors import WakefieldError, WorkflowError
 from .events import Event
+from .runtime import cluster
 from .runtime.status import status_kind
 
 log = logging.getLogger("wakefield.cli")
@@ -132,19 +134,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output == "json":
         _json(result.to_dict())
     else:
-        _print_result(result)
+        _print_result(result, wf)
     if result.state == "cancelled" and result.reason and "Ctrl-C" in result.reason:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    address = args.ray_address or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        raise ValueError(
+            "give the Ray cluster's dashboard with --ray-address http://HEAD:8265 "
+            "(or set RAY_API_SERVER_ADDRESS)"
+        )
+    env = dict(_key_value(item) for item in args.env)
+    sent = api.submit(
+        args.file,
+        ray_address=address,
+        bus=args.bus,
+        datastore=args.datastore,
+        run_id=args.run_id,
+        resume=args.resume,
+        timeout=args.timeout,
+        command=args.wakefield,
+        entrypoint_cpus=args.entrypoint_cpus,
+        env=env,
+    )
+    data: dict[str, Any] = sent.to_dict()
+    follow = f"-f {args.file} --ray-address {sent.ray_address}"
+    if args.output == "text":
+        print(sent.run_id, flush=True)
+        print(
+            f"submitted run {sent.run_id} as Ray job {sent.submission_id}; "
+            f"follow it with: wakefield status {sent.run_id} {follow}",
+            file=sys.stderr,
+        )
+    if not args.wait:
+        if args.output == "json":
+            _json(data)
+        return EXIT_OK
+    state = cluster.wait_for_job(address, sent.submission_id)
+    data["job_status"] = state
+    if args.output == "json":
+        _json(data)
+    else:
+        print(f"Ray job {sent.submission_id}: {state}", file=sys.stderr)
+    if state != "SUCCEEDED":
+        tail = cluster.job_logs(address, sent.submission_id).splitlines()[-20:]
+        print("\n".join(tail), file=sys.stderr)
+    return EXIT_OK if state == "SUCCEEDED" else EXIT_FAILED
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     wf = _workflow_for(args)
     summary = api.status(wf, args.run_id, bus=args.bus)
-    if summary.state == "unknown":
+    ray = api.ray_job(args.run_id, args.ray_address) if args.ray_address else None
+    if summary.state == "unknown" and not (ray and ray["job"]):
         _error(args, f"no status events of run {args.run_id!r} on {wf.status_topic}")
         return EXIT_FAILED
     data = summary.to_dict()
+    if ray is not None:
+        data["ray"] = ray
     if args.output == "json":
         _json(data)
     else:
@@ -162,6 +212,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             extra += f", error: {svc['error']}" if svc["error"] else ""
             print(f"  {name}: {svc['up']}/{svc['replicas']} up{progress}{extra}")
+        if ray is not None:
+            _print_ray(ray)
     return EXIT_OK
 
 
@@ -400,6 +452,83 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add(
+        "submit",
+        cmd_submit,
+        "send a workflow to a Ray cluster as a job, detached",
+        "Send a workflow to a running Ray cluster through Ray's job server: the run's\n"
+        "driver, `wakefield run`, runs on the cluster's head node, and this command\n"
+        "returns at once with the run id on stdout (or follows the job with --wait).\n"
+        "Follow the run with status, subscribe, cancel and scale as any other run.\n\n"
+        "What travels: the workflow's YAML, inline with the job. The service kinds\n"
+        "must be installed on the cluster. Relative paths (an embedded bus, a local\n"
+        "datastore) are made absolute here and must be reachable from the cluster,\n"
+        "on a shared file system; on several machines give --bus kafka://HOST:PORT.\n\n"
+        "Ray's token (Ray 2.52 and later; on by default since 2.59) is read from\n"
+        "RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token;\n"
+        "`ray get-auth-token` on the head node prints it.\n\n"
+        "examples:\n"
+        "  wakefield submit workflows/hello.yaml --ray-address http://head:8265 \\\n"
+        "      --bus kafka://kafka:9092 --datastore s3://lab/wakefield\n"
+        "  wakefield status RUN_ID -f workflows/hello.yaml --bus kafka://kafka:9092 \\\n"
+        "      --ray-address http://head:8265\n"
+        "  wakefield cancel RUN_ID -f workflows/hello.yaml --bus kafka://kafka:9092",
+        [common],
+    )
+    p.add_argument("file", metavar="FILE", help="the workflow YAML to run")
+    p.add_argument(
+        "--ray-address",
+        metavar="URL",
+        help="the cluster's dashboard, http://HEAD:8265 (default: "
+        "$RAY_API_SERVER_ADDRESS)",
+    )
+    p.add_argument(
+        "--bus",
+        metavar="URL",
+        help="kafka://HOST:PORT or embedded://PATH instead of the workflow's bus",
+    )
+    p.add_argument(
+        "--datastore",
+        metavar="URI",
+        help="datastore root (a shared folder or s3://...) instead of the workflow's",
+    )
+    p.add_argument(
+        "--run-id", metavar="ID", help="name the run (default: WORKFLOW-DATE-TIME-XXXX)"
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a run that stopped, from its committed offsets",
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="fail the run after this long"
+    )
+    p.add_argument(
+        "--wakefield",
+        default="wakefield",
+        metavar="CMD",
+        help="how the cluster calls wakefield, if it is not on its PATH "
+        "(e.g. /opt/venv/bin/wakefield)",
+    )
+    p.add_argument(
+        "--entrypoint-cpus",
+        type=float,
+        metavar="N",
+        help="CPUs Ray reserves for the run's driver (default: none)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the run on the cluster (repeatable)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the job to end; exit 0 if it succeeded, 1 if not",
+    )
+
+    p = add(
         "status",
         cmd_status,
         "show what a run is doing",
@@ -413,6 +542,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="workflow_name",
         metavar="WORKFLOW",
         help="the workflow's name, if no -f FILE is given",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="URL",
+        help="also ask this Ray cluster's job server (http://HEAD:8265) for the "
+        "run's job and the nodes its replicas run on",
     )
 
     p = add(
@@ -588,17 +723,61 @@ def _force_progress() -> bool:
     return os.environ.get("WAKEFIELD_PROGRESS") == "1"
 
 
-def _print_result(result: Any) -> None:
+def _print_ray(ray: dict[str, Any]) -> None:
+    job = ray["job"]
+    if job is None:
+        print("  ray job: none (the run was not submitted with wakefield submit)")
+    else:
+        print(f"  ray job {job['submission_id']}: {job['status']} ({job['message']})")
+    placed: dict[str, list[str]] = {}
+    for actor in ray["replicas"]:
+        if actor["state"] != "DEAD":
+            where = f"{actor['replica']}@{str(actor['node_id'])[:8]}"
+            placed.setdefault(actor["service"], []).append(where)
+    for service, where in placed.items():
+        print(f"  {service} replicas on nodes: {', '.join(where)}")
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--env takes KEY=VALUE, not {item!r}")
+    return key, value
+
+
+def _print_result(result: Any, wf: Any = None) -> None:
     line = f"run {result.run_id} {result.state} in {result.seconds:.1f} s"
     if result.reason:
         line += f": {result.reason}"
     print(line)
+    kinds = _publishers(wf) if wf is not None else {}
     for topic, events in result.results.items():
         print(f"  {topic}: {len(events)} events")
-        for event in events[:5]:
+        kind = kinds.get(topic)
+        for event in events[:10]:
+            text = (
+                kind.render(Event.model_validate(event)) if kind is not None else None
+            )
+            if text:
+                print(textwrap.indent(text.rstrip(), "    "))
+                continue
             ref = f"  -> {event['dataref']['uri']}" if event.get("dataref") else ""
             print(f"    {event['type']} {json.dumps(event.get('data'))[:100]}{ref}")
     print(f"  datastore: {result.datastore}")
+
+
+def _publishers(wf: Any) -> dict[str, Any]:
+    """Topic -> the service kind class that publishes it (to render its events)."""
+    from .workflow import kind_classes
+
+    classes = kind_classes(
+        tuple(sorted({s.uses for s in wf.spec.services if ":" in s.uses}))
+    )
+    return {
+        topic: classes[svc.uses]
+        for svc in wf.spec.services
+        for topic in svc.publish.values()
+    }
 
 
 def _event_line(event: Event) -> str:

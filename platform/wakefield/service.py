@@ -214,5 +214,11 @@ class Service(ABC):
         """Release resources when the service stops."""
 
     @classmethod
+    def render(cls, event: Event) -> str | None:
+        """A few lines for people about an event this kind emitted (``wakefield run``
+        prints them at the end of a run); None for the default one-line form."""
+        return None
+
+    @classmethod
     def has_tick(cls) -> bool:
         return cls.tick is not Service.tick

@@ -114,6 +114,37 @@ class WarmStart(Service):
         self.scan_ranges: dict[str, tuple[float, float]] = {}
         self.simulator: Any = None
 
+    @classmethod
+    def render(cls, event: Event) -> str | None:
+        """A tuning result as a small table: targets, warm and cold answers."""
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.type != RESULT or "targets" not in data:
+            return None
+        runs = [("warm", data)] + ([("cold", data["cold"])] if data.get("cold") else [])
+        lines = [
+            f"{data.get('name') or event.subject or event.id}: {data['optimizer']} on the "
+            f"{data['evaluator']}"
+        ]
+        header = f"  {'output':<20}{'target':>12}{'tolerance':>11}"
+        header += "".join(f"{label:>12}" for label, _ in runs)
+        lines.append(header)
+        for name, target in data["targets"].items():
+            row = f"  {name:<20}{target['value']:>12.4g}{target['tolerance']:>11.3g}"
+            row += "".join(f"{r['outputs'][name]:>12.4g}" for _, r in runs)
+            lines.append(row)
+        for label, r in runs:
+            state = "reached" if r["converged"] else "not reached"
+            lines.append(
+                f"  {label} start: {state} after {r['evaluations']} evaluations "
+                f"(objective {r['start_objective']:.3g} -> {r['objective']:.3g})"
+            )
+        settings = ", ".join(f"{k} {v:.4g}" for k, v in data["settings"].items())
+        lines.append(f"  settings: {settings}")
+        lines += [f"  warning: {flag}" for flag in data.get("flags", [])]
+        if data.get("plot"):
+            lines.append(f"  plot: {data['plot']}")
+        return "\n".join(lines)
+
     # Life
 
     def setup(self) -> None:

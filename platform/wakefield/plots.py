@@ -75,13 +75,9 @@ def scan_scatter(
         for col, setting in enumerate(varying):
             ax = axes[row][col]
             ax.scatter(sub[setting][ok], sub[out][ok], s=2, alpha=0.5, color="tab:blue")
-            if (~ok).any():
-                ax.scatter(
-                    sub[setting][~ok],
-                    np.nan_to_num(sub[out][~ok]),
-                    s=4,
-                    color="tab:red",
-                )
+            shown = ~ok & np.isfinite(sub[out].values)
+            if shown.any():  # flagged samples that still have a value
+                ax.scatter(sub[setting][shown], sub[out][shown], s=4, color="tab:red")
             if row == len(outputs) - 1:
                 ax.set_xlabel(_label(sub[setting]), fontsize=7)
             if col == 0:

@@ -1,0 +1,322 @@
+"""``surrogate``: train PyTorch surrogates of a scan and serve their predictions.
+
+On a dataset-ready event it trains a model (see :mod:`.training`), writes
+the artifact, its plots and optionally a LUME export, announces it with
+``org.wakefield.model.ready`` on ``models``, and serves it.  On a predict
+request it answers on ``predictions`` with the served model; a request
+that cannot be answered (missing settings, wrong shapes, settings out of
+range under the ``error`` policy) gets an ``org.wakefield.prediction.error``
+response, and the service goes on.  On a model-ready event of another
+service it loads that model and serves it if it is newer and maps the same
+variables: a trainer and a server can be two services, so that requests
+keep being answered while a newer model trains.
+
+Requests that arrive before any model is served are kept (up to
+``pending``, also in the datastore, so a restarted actor still has them)
+and answered as soon as a model is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from typing import Any
+
+from wakefield.errors import DatastoreError, ServiceError, SpecError
+from wakefield.events import DataRef, Event
+from wakefield.service import MODEL_READY, HandlerContext, Service
+
+from .config import SurrogateConfig
+from .errors import ExtrapolationError, RequestError
+from .model import SurrogateModel
+from .serving import PREDICTION, PREDICTION_ERROR, ServedModel, parse_request, respond
+from .training import EpochReport, train
+
+log = logging.getLogger(__name__)
+
+
+class Surrogate(Service):
+    """Trains surrogates of scans and serves their predictions."""
+
+    kind = "surrogate"
+    Config = SurrogateConfig
+    summary = (
+        "Train a PyTorch surrogate of a scan (MLP and image decoder; ensemble or "
+        "MC dropout) and serve its predictions with uncertainties."
+    )
+    inputs = {
+        "datasets": "org.wakefield.dataset.ready of a scan: trains a model on it",
+        "models": "org.wakefield.model.ready of a surrogate: serves it if newer",
+        "requests": "predict requests: {settings: {name: [values]}} or a list of "
+        "records; optional samples, images",
+    }
+    outputs = {
+        "models": "org.wakefield.model.ready with the artifact and its test metrics",
+        "predictions": "org.wakefield.prediction (or .prediction.error) per request",
+    }
+
+    def setup(self) -> None:
+        config: SurrogateConfig = self.config  # type: ignore[assignment]
+        self.served = ServedModel()
+        self._pending: list[Event] = []
+        self._answered: list[str] = []
+        store = self.context.datastore
+        if config.model is not None:
+            try:
+                model = SurrogateModel.load(store, config.model)
+            except DatastoreError as exc:
+                raise ServiceError(
+                    f"config model {config.model!r} cannot be served: {exc}"
+                ) from exc
+            self.served.offer(model)
+        self._pending = self._load_pending()
+
+    def handle(self, event: Event, port: str, ctx: HandlerContext) -> None:
+        self._forget_answered(ctx)
+        if port == "datasets":
+            self._train(event, ctx)
+        elif port == "models":
+            self._receive(event, ctx)
+        elif port == "requests":
+            self._request(event, ctx)
+        else:
+            raise ServiceError(f"surrogate has no input port {port!r}")
+
+    # Training
+
+    def _train(self, event: Event, ctx: HandlerContext) -> None:
+        config: SurrogateConfig = self.config  # type: ignore[assignment]
+        if event.dataref is None or event.dataref.kind != "dataset":
+            raise ServiceError(
+                f"event {event.id} ({event.type}) on datasets carries no dataset "
+                "reference; the datasets port takes org.wakefield.dataset.ready"
+            )
+        store = ctx.datastore
+        uri = ctx.dataset_uri(config.name)
+        folder = posixpath.dirname(uri)
+
+        if store.exists(uri):  # handled before a crash: keep what was published
+            model = SurrogateModel.load(store, uri)
+        else:
+            ds = store.open_dataset(event.dataref)
+            try:
+                model, _ = train(ds, config, self._on_epoch(ctx), dataset=event.dataref)
+            except SpecError as exc:
+                raise ServiceError(
+                    f"cannot train on {event.dataref.uri}: {exc}"
+                ) from exc
+            model.save(store, uri)
+        assert model.ref is not None and model.metrics is not None
+
+        summary: dict[str, Any] = {
+            "settings": [s.name for s in model.settings],
+            "outputs": [o.name for o in model.outputs],
+            "image": model.image.name if model.image else None,
+            "uncertainty": model.uncertainty.method,
+            "members": len(model.ensemble.members),
+            "dataset": event.dataref.dump(),
+            "metrics": model.metrics.summary(),
+        }
+        if config.plots:
+            summary["plots"] = self._plots(
+                model, store, ds_ref=event.dataref, folder=folder
+            )
+        if config.lume:
+            summary["lume"] = self._export_lume(model, store, uri + ".lume").dump()
+        ctx.emit("models", MODEL_READY, summary, dataref=model.ref)
+        log.info(
+            "model %s ready: worst MAE %s %% of range",
+            model.ref.uri,
+            summary["metrics"]["max_mae_percent"],
+        )
+        self.served.offer(model, own=True)
+        self._answer_pending(ctx)
+
+    def _on_epoch(self, ctx: HandlerContext) -> Any:
+        def report(r: EpochReport) -> None:
+            done = r.member * r.epochs + r.epoch + 1
+            ctx.progress(
+                done,
+                r.members * r.epochs,
+                f"member {r.member + 1}/{r.members} epoch {r.epoch + 1}: "
+                f"training {r.train_loss:.3g}, validation {r.validation_loss:.3g}",
+            )
+
+        return report
+
+    def _plots(
+        self, model: SurrogateModel, store: Any, *, ds_ref: DataRef, folder: str
+    ) -> list[str]:
+        from . import plots
+        from .data import good_samples, split
+
+        metrics = model.metrics
+        assert metrics is not None and model.training is not None
+        ds = store.open_dataset(ds_ref)
+        samples = good_samples(ds, model.variables)
+        _, val_rows, test_rows = split(
+            len(samples), model.training.training.split, model.training.training.seed
+        )
+        part = samples.take(test_rows if metrics.evaluated_on == "test" else val_rows)
+        prediction = model.predict(
+            part.x, policy={s.name: "clip" for s in model.settings}
+        )
+        written = []
+        for name, figure in (
+            ("learning_curve.png", plots.learning_curve(metrics)),
+            ("predicted_vs_true.png", plots.parity(model, part, prediction, metrics)),
+            ("images.png", plots.images(model, part, prediction)),
+        ):
+            if figure is not None:
+                written.append(store.write_file(figure, f"{folder}/plots/{name}"))
+        return written
+
+    def _export_lume(self, model: SurrogateModel, store: Any, uri: str) -> DataRef:
+        from .lume import lume_files
+
+        ref: DataRef = store.write_artifact(
+            lume_files(model),
+            uri,
+            meta={
+                "format": "lume-torch",
+                "trusted_only": True,
+                "model": model.ref.dump() if model.ref else None,
+            },
+        )
+        return ref
+
+    # Models from elsewhere
+
+    def _receive(self, event: Event, ctx: HandlerContext) -> None:
+        if event.dataref is None or event.dataref.kind != "artifact":
+            raise ServiceError(
+                f"event {event.id} ({event.type}) on models carries no artifact "
+                "reference; the models port takes org.wakefield.model.ready"
+            )
+        current = self.served.model
+        if current is not None and current.ref == event.dataref:
+            return
+        # Loaded completely before it is offered, so requests never wait on it.
+        model = SurrogateModel.load(ctx.datastore, event.dataref)
+        try:
+            self.served.offer(model)
+        except RequestError as exc:
+            raise ServiceError(str(exc)) from exc
+        self._answer_pending(ctx)
+
+    # Requests
+
+    def _request(self, event: Event, ctx: HandlerContext) -> None:
+        config: SurrogateConfig = self.config  # type: ignore[assignment]
+        model = self.served.model
+        if model is None:
+            if len(self._pending) < config.pending:
+                self._keep_pending(event, ctx)
+                return
+            self._error(
+                ctx,
+                event,
+                RequestError(
+                    f"no model is served yet and {config.pending} requests already wait "
+                    "(config pending); send it again once a model is ready"
+                ),
+                None,
+            )
+            return
+        self._answer(event, ctx, model)
+
+    def _answer(
+        self, request: Event, ctx: HandlerContext, model: SurrogateModel
+    ) -> None:
+        config: SurrogateConfig = self.config  # type: ignore[assignment]
+        try:
+            parsed = parse_request(request.data)
+            data, ref = respond(
+                model,
+                parsed,
+                policy=config.out_of_range,
+                max_samples=config.max_request,
+                inline=config.inline,
+                store=ctx.datastore,
+                uri=ctx.dataset_uri(f"prediction-{request.id}.zarr"),
+            )
+        except RequestError as exc:
+            self._error(ctx, request, exc, model)
+            return
+        data = {"request": request.id, **data}
+        ctx.emit("predictions", PREDICTION, data, dataref=ref, subject=request.subject)
+        log.info(
+            "answered request %s: %s samples with %s",
+            request.id,
+            data["samples"],
+            model.ref.uri if model.ref else "an unsaved model",
+        )
+
+    def _error(
+        self,
+        ctx: HandlerContext,
+        request: Event,
+        exc: RequestError,
+        model: SurrogateModel | None,
+    ) -> None:
+        data: dict[str, Any] = {
+            "request": request.id,
+            "model": model.ref.dump() if model is not None and model.ref else None,
+            "error": {"type": type(exc).__name__, "message": str(exc)},
+        }
+        if isinstance(exc, ExtrapolationError):
+            data["out_of_range"] = exc.flagged
+        ctx.emit("predictions", PREDICTION_ERROR, data, subject=request.subject)
+        log.info("request %s refused: %s", request.id, exc)
+
+    # Requests kept while no model is served
+
+    def _pending_folder(self) -> str:
+        c = self.context
+        return f"runs/{c.run_id}/{c.service}/pending"
+
+    def _keep_pending(self, event: Event, ctx: HandlerContext) -> None:
+        ctx.datastore.write_file(
+            event.to_json(), f"{self._pending_folder()}/{event.id}.json"
+        )
+        self._pending.append(event)
+        log.info(
+            "request %s waits for a model (%s waiting)", event.id, len(self._pending)
+        )
+
+    def _load_pending(self) -> list[Event]:
+        store = self.context.datastore
+        folder = store.resolve(self._pending_folder())
+        if not store.fs.exists(folder):
+            return []
+        kept = []
+        for path in sorted(store.fs.glob(f"{folder}/*.json")):
+            try:
+                with store.fs.open(path, "rb") as fh:
+                    kept.append(Event.from_json(fh.read()))
+            except (OSError, ValueError, SpecError) as exc:
+                log.warning("cannot read waiting request %s: %s", path, exc)
+        if kept:
+            log.info("%s requests wait for a model", len(kept))
+        return kept
+
+    def _answer_pending(self, ctx: HandlerContext) -> None:
+        model = self.served.model
+        if model is None:
+            return
+        waiting, self._pending = self._pending, []
+        for request in waiting:
+            self._answer(request, ctx, model)
+            self._answered.append(request.id)
+
+    def _forget_answered(self, ctx: HandlerContext) -> None:
+        # Removed only once the handler that answered them has returned and
+        # its responses are recorded, so a crash in between loses none.
+        store = ctx.datastore
+        for request_id in self._answered:
+            path = store.resolve(f"{self._pending_folder()}/{request_id}.json")
+            try:
+                store.fs.rm(path)
+            except FileNotFoundError:
+                pass
+        self._answered = []

@@ -309,57 +309,63 @@ class LinacSimulator(Simulator):
     def _plan(self, values: Mapping[str, np.ndarray]) -> _Plan:
         """Voltages and Cheetah phases per sample; lost samples and phase
         adjustments found before any tracking."""
-        model, d = self.model, LCLS
-        failures: dict[int, str] = {}
-        adjusted: dict[int, float] = {}
-        phase, voltage = {}, {}
-
+        plan = _Plan(phase={}, voltage={}, failures={}, adjusted={})
         for name, v in values.items():
             for i in np.flatnonzero(~np.isfinite(v)):
-                failures.setdefault(int(i), f"setting {name} is {v[i]}")
+                plan.failures.setdefault(int(i), f"setting {name} is {v[i]}")
 
-        energy = np.full(len(values["l1_phase"]), d.injector_energy)
-        floor = _MIN_ENERGY_FRACTION * d.injector_energy
+        energy = np.full(len(values["l1_phase"]), self.model.design.injector_energy)
         for name in LINACS:
-            psi = cheetah_phase(np.nan_to_num(values[f"{name}_phase"]))
-            total = model.nominal_voltage[name] * values[f"{name}_voltage"] / 100.0
-            total = np.nan_to_num(total)
-            per_cavity = total / model.cavities(name)
-            for i in np.flatnonzero(per_cavity <= 0):
-                failures.setdefault(
-                    int(i),
-                    f"{name}_voltage must be positive; got "
-                    f"{values[f'{name}_voltage'][i]} %",
-                )
+            energy = self._plan_linac(plan, name, values, energy)
+        return plan
 
-            # Keep each cavity's gain clear of Cheetah's ill-conditioned zero.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                c_min = _MIN_RELATIVE_GAIN * energy / per_cavity
-            cos = np.cos(np.radians(psi))
-            for i in np.flatnonzero((c_min >= 1) & (per_cavity > 0)):
-                failures.setdefault(
-                    int(i),
-                    f"{name}_voltage {values[f'{name}_voltage'][i]} % is too low "
-                    "for the cavity model: each structure must change the energy "
-                    "by at least 0.2 % of the beam energy",
-                )
-            close = (np.abs(cos) < c_min) & (c_min < 1)
-            for i in np.flatnonzero(close):
-                shift = _shift_off_zero_crossing(float(psi[i]), float(c_min[i]))
-                adjusted[int(i)] = max(adjusted.get(int(i), 0.0), abs(shift))
-                psi[i] += shift
+    def _plan_linac(
+        self,
+        plan: _Plan,
+        name: str,
+        values: Mapping[str, np.ndarray],
+        energy: np.ndarray,
+    ) -> np.ndarray:
+        """Add one linac to ``plan``; the reference energy (eV) after it."""
+        model, failures, d = self.model, plan.failures, self.model.design
+        percent = values[f"{name}_voltage"]
+        psi = cheetah_phase(np.nan_to_num(values[f"{name}_phase"]))
+        total = np.nan_to_num(model.nominal_voltage[name] * percent / 100.0)
+        per_cavity = total / model.cavities(name)
+        for i in np.flatnonzero(per_cavity <= 0):
+            failures.setdefault(
+                int(i), f"{name}_voltage must be positive; got {percent[i]} %"
+            )
 
-            phase[name], voltage[name] = psi, total
-            energy = energy + total * np.cos(np.radians(psi))
-            if name == "l1":
-                energy += model.l1x_voltage * math.cos(math.radians(d.l1x_phase))
-            for i in np.flatnonzero(energy < floor):
-                failures.setdefault(
-                    int(i),
-                    f"beam lost: reference energy falls to {energy[i]:.4g} eV in "
-                    f"{name.upper()}, below {floor:.4g} eV",
-                )
-        return _Plan(phase=phase, voltage=voltage, failures=failures, adjusted=adjusted)
+        # Keep each cavity's gain clear of Cheetah's ill-conditioned zero.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c_min = _MIN_RELATIVE_GAIN * energy / per_cavity
+        for i in np.flatnonzero((c_min >= 1) & (per_cavity > 0)):
+            failures.setdefault(
+                int(i),
+                f"{name}_voltage {percent[i]} % is too low for the cavity model: "
+                "each structure must change the energy by at least 0.2 % of the "
+                "beam energy",
+            )
+        close = (np.abs(np.cos(np.radians(psi))) < c_min) & (c_min < 1)
+        for i in np.flatnonzero(close):
+            shift = _shift_off_zero_crossing(float(psi[i]), float(c_min[i]))
+            plan.adjusted[int(i)] = max(plan.adjusted.get(int(i), 0.0), abs(shift))
+            psi[i] += shift
+        plan.phase[name], plan.voltage[name] = psi, total
+
+        # The reference particle gains V cos(phase) in every structure.
+        energy = energy + total * np.cos(np.radians(psi))
+        if name == "l1":
+            energy += model.l1x_voltage * math.cos(math.radians(d.l1x_phase))
+        floor = _MIN_ENERGY_FRACTION * d.injector_energy
+        for i in np.flatnonzero(energy < floor):
+            failures.setdefault(
+                int(i),
+                f"beam lost: reference energy falls to {energy[i]:.4g} eV in "
+                f"{name.upper()}, below {floor:.4g} eV",
+            )
+        return energy
 
     def _track_group(
         self,

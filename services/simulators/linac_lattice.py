@@ -194,7 +194,7 @@ class LinacModel:
     """
 
     _NOMINAL = ("quad_k1", "bend_angle", "l1x_voltage", "nominal_voltage", "twiss")
-    _nominal_cache: ClassVar[dict[tuple[LinacDesign, str, str], dict[str, Any]]] = {}
+    _nominal_cache: ClassVar[dict[LinacDesign, dict[str, Any]]] = {}
 
     quad_k1: dict[str, float]
     """FODO quadrupole strength of L2 and L3, 1/m^2 (focusing quads)."""
@@ -220,20 +220,26 @@ class LinacModel:
         )
         self.mass = float(self.species.mass_eV)
 
-        # The nominal machine depends only on the design and the precision.
-        key = (design, self.options.dtype, self.options.device)
-        if key not in LinacModel._nominal_cache:
-            self.quad_k1 = {name: self._fodo_k1(name) for name in ("l2", "l3")}
-            self.bend_angle = {n: self._bend_angle(n) for n in ("bc1", "bc2")}
-            self.l1x_voltage = self._linearising_voltage()
-            self.nominal_voltage = self._nominal_voltages()
-            self.twiss = self._matched_twiss()
-            LinacModel._nominal_cache[key] = {
-                name: getattr(self, name) for name in self._NOMINAL
-            }
-        for name, value in LinacModel._nominal_cache[key].items():
+        # The nominal machine depends only on the design; it is derived once,
+        # in float64 on the CPU, whatever precision the tracking uses.
+        if design not in LinacModel._nominal_cache:
+            if self.dtype == torch.float64 and self.device.type == "cpu":
+                self._derive_nominal()
+            else:
+                LinacModel(LinacOptions(n_particles=100), design)
+        for name, value in LinacModel._nominal_cache[design].items():
             setattr(self, name, value)
         self._particles: torch.Tensor | None = None
+
+    def _derive_nominal(self) -> None:
+        self.quad_k1 = {name: self._fodo_k1(name) for name in ("l2", "l3")}
+        self.bend_angle = {n: self._bend_angle(n) for n in ("bc1", "bc2")}
+        self.l1x_voltage = self._linearising_voltage()
+        self.nominal_voltage = self._nominal_voltages()
+        self.twiss = self._matched_twiss()
+        LinacModel._nominal_cache[self.design] = {
+            name: getattr(self, name) for name in self._NOMINAL
+        }
 
     # -- the lattice ----------------------------------------------------------
 

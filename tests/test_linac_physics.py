@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from wakefield import registry
 from wakefield.errors import PhysicsWarning, SimulationError
 from wakefield.services.simulators import beam_diagnostics as diagnostics
 from wakefield.services.simulators.linac import (
@@ -319,13 +320,29 @@ def test_provenance_names_versions_and_hashes_the_lattice(
     json.dumps(record)
 
 
+def test_registered_as_linac_with_consistent_declarations() -> None:
+    """The entry point loads it; every output's dimensions have coordinates."""
+    assert registry.load_simulator("linac") is LinacSimulator
+    sim = LinacSimulator()
+    assert [s.name for s in sim.settings()] == list(NOMINAL)
+    assert {s.name: s.default for s in sim.settings()} == NOMINAL
+    names = [o.name for o in sim.outputs()]
+    assert len(names) == len(set(names)) == 27
+    coordinates = sim.coordinates()
+    for output in sim.outputs():
+        for dim, length in zip(output.dims, output.shape, strict=True):
+            assert coordinates[dim].values.shape == (length,)
+
+
 def test_module_imports_without_cheetah_and_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without Cheetah the module imports and simulate names the extra."""
     monkeypatch.setitem(sys.modules, "cheetah", None)  # import cheetah fails
-    for name in [m for m in sys.modules if m.startswith(_PACKAGE)]:
-        monkeypatch.delitem(sys.modules, name)
+    package = importlib.import_module(_PACKAGE)
+    for leaf in ("linac", "linac_lattice", "beam_diagnostics"):
+        monkeypatch.delitem(sys.modules, f"{_PACKAGE}.{leaf}", raising=False)
+        monkeypatch.setattr(package, leaf, getattr(package, leaf, None), raising=False)
     fresh = importlib.import_module(f"{_PACKAGE}.linac")
 
     sim = fresh.LinacSimulator()

@@ -31,7 +31,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e ".[linac,lume,test,dev]"
+	$(PY) -m pip install --quiet -e ".[linac,lume,kafka,test,dev]"
 	@touch $(STAMP)
 
 demo: setup

@@ -335,20 +335,9 @@ def test_oversized_event_raises_and_stores_nothing(bus: Bus) -> None:
     producer.close()
 
 
-def test_oversized_event_in_publish_many_stores_none_of_the_call(
-    bus: Bus, request: pytest.FixtureRequest
-) -> None:
+def test_oversized_event_in_publish_many_stores_none_of_the_call(bus: Bus) -> None:
     """An oversized event among others in ``publish_many`` raises before any
     event of that call is stored."""
-    if type(bus).__name__ == "EmbeddedBus":
-        # TODO: the embedded producer publishes one event at a time, so the
-        # events before the oversized one are stored; checking sizes first
-        # would make it all or nothing, as on Kafka.
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason="embedded publish_many is not checked first"
-            )
-        )
     topic = new_topic(bus, "oversizedmany")
     producer = bus.producer()
     huge = Event(source=SOURCE, type="org.wakefield.test", data={"x": "x" * 2_000_000})

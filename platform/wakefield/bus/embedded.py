@@ -262,33 +262,43 @@ class EmbeddedBus(Bus):
     def _append(
         self, topic: str, value: bytes, key: str | None, partition: int | None
     ) -> Delivered:
-        if len(value) > self.max_event_bytes:
-            raise EventTooLargeError(
-                f"event of {len(value)} bytes is over the bus's limit of "
-                f"{self.max_event_bytes} bytes on topic {topic!r}; write bulk data "
-                "to the datastore and send its reference (dataref) instead"
-            )
-        with self._db.write() as conn:
-            row = conn.execute(
-                "SELECT partitions FROM topics WHERE name = ?", (topic,)
-            ).fetchone()
-            if row is None:
-                raise TopicError(
-                    f"topic {topic!r} does not exist on {self.url}; declare it in the "
-                    "workflow's topics or publish it from a service"
+        return self._append_all([(topic, value, key, partition)])[0]
+
+    def _append_all(
+        self, items: list[tuple[str, bytes, str | None, int | None]]
+    ) -> list[Delivered]:
+        """Store every item in one transaction, or none of them."""
+        for topic, value, _, _ in items:
+            if len(value) > self.max_event_bytes:
+                raise EventTooLargeError(
+                    f"event of {len(value)} bytes is over the bus's limit of "
+                    f"{self.max_event_bytes} bytes on topic {topic!r}; write bulk data "
+                    "to the datastore and send its reference (dataref) instead"
                 )
-            if partition is None:
-                partition = _partition_for(key, int(row[0]))
-            top = conn.execute(
-                "SELECT MAX(offset) FROM events WHERE topic = ? AND partition = ?",
-                (topic, partition),
-            ).fetchone()[0]
-            offset = 0 if top is None else top + 1
-            conn.execute(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
-                (topic, partition, offset, key, value, time.time()),
-            )
-        return Delivered(topic, partition, offset)
+        delivered = []
+        with self._db.write() as conn:
+            for topic, value, key, partition in items:
+                row = conn.execute(
+                    "SELECT partitions FROM topics WHERE name = ?", (topic,)
+                ).fetchone()
+                if row is None:
+                    raise TopicError(
+                        f"topic {topic!r} does not exist on {self.url}; declare it in "
+                        "the workflow's topics or publish it from a service"
+                    )
+                if partition is None:
+                    partition = _partition_for(key, int(row[0]))
+                top = conn.execute(
+                    "SELECT MAX(offset) FROM events WHERE topic = ? AND partition = ?",
+                    (topic, partition),
+                ).fetchone()[0]
+                offset = 0 if top is None else top + 1
+                conn.execute(
+                    "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                    (topic, partition, offset, key, value, time.time()),
+                )
+                delivered.append(Delivered(topic, partition, offset))
+        return delivered
 
 
 _round_robin = itertools.count()
@@ -304,6 +314,14 @@ def _partition_for(key: str | None, partitions: int) -> int:
 class EmbeddedProducer(Producer):
     def __init__(self, bus: EmbeddedBus) -> None:
         self.bus = bus
+
+    def publish_many(
+        self, items: Iterable[tuple[str, Event, str | None]]
+    ) -> list[Delivered]:
+        """All events stored in one transaction; an oversized one stores none."""
+        return self.bus._append_all(
+            [(topic, event.to_json(), key, None) for topic, event, key in items]
+        )
 
     def publish(self, topic: str, event: Event, *, key: str | None = None) -> Delivered:
         delivered = self.bus._append(topic, event.to_json(), key, partition=None)

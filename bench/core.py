@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import textwrap
 import time
@@ -103,46 +105,75 @@ def direct_calls(work: float, n: int) -> list[float]:
     return seconds
 
 
+def kafka_url() -> str | None:
+    """The test broker (``WAKEFIELD_TEST_KAFKA``) if one answers, else None."""
+    address = os.environ.get("WAKEFIELD_TEST_KAFKA", "127.0.0.1:9092")
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return f"kafka://{address}"
+    except OSError:
+        return None
+
+
+def _latency_row(bus: str, figures: dict[str, float]) -> dict[str, object]:
+    return {
+        "bus": bus,
+        "requests": figures["n"],
+        "p50 ms": figures["p50_ms"],
+        "p99 ms": figures["p99_ms"],
+        "mean ms": figures["mean_ms"],
+    }
+
+
 def run() -> str:
     noop = summary_ms(round_trips(0.0, N_NOOP))
+    kafka = kafka_url()
+    noop_kafka = summary_ms(round_trips(0.0, N_NOOP, bus_url=kafka)) if kafka else None
     platform = summary_ms(round_trips(WORK_SECONDS, N_WORK))
     direct = summary_ms(direct_calls(WORK_SECONDS, N_WORK))
     ratio = platform["mean_ms"] / direct["mean_ms"]
-    figures = {
-        "noop": noop,
-        "work_platform": platform,
-        "work_direct": direct,
-        "ratio": ratio,
-    }
-    save("core", figures)
+    save(
+        "core",
+        {
+            "noop": noop,
+            "noop_kafka": noop_kafka,
+            "work_platform": platform,
+            "work_direct": direct,
+            "ratio": ratio,
+        },
+    )
+
+    rows = [_latency_row("embedded", noop)]
+    rows.append(
+        _latency_row(kafka, noop_kafka)
+        if kafka and noop_kafka
+        else {"bus": "kafka: no broker answered, not measured"}
+    )
+    work_rows = [
+        {
+            "path": "platform (publish -> actor -> result)",
+            "n": platform["n"],
+            "mean ms": platform["mean_ms"],
+            "p99 ms": platform["p99_ms"],
+        },
+        {
+            "path": "direct call",
+            "n": direct["n"],
+            "mean ms": direct["mean_ms"],
+            "p99 ms": direct["p99_ms"],
+        },
+    ]
     return (
         table(
-            "no-op service, publish -> handler -> result (embedded bus, one at a time)",
-            [
-                {
-                    "requests": noop["n"],
-                    "p50 ms": noop["p50_ms"],
-                    "p99 ms": noop["p99_ms"],
-                    "mean ms": noop["mean_ms"],
-                }
-            ],
+            "no-op service, publish -> handler -> result (one request at a time)",
+            rows,
+            ["bus", "requests", "p50 ms", "p99 ms", "mean ms"],
         )
         + table(
-            f"{WORK_SECONDS * 1e3:.0f} ms handler: through the platform against a direct call",
-            [
-                {
-                    "path": "platform (publish -> actor -> result)",
-                    "n": platform["n"],
-                    "mean ms": platform["mean_ms"],
-                    "p99 ms": platform["p99_ms"],
-                },
-                {
-                    "path": "direct call",
-                    "n": direct["n"],
-                    "mean ms": direct["mean_ms"],
-                    "p99 ms": direct["p99_ms"],
-                },
-            ],
+            f"{WORK_SECONDS * 1e3:.0f} ms handler: through the platform against a "
+            "direct call",
+            work_rows,
         )
         + f"  ratio platform / direct: {ratio:.3f}x\n"
     )

@@ -1,0 +1,382 @@
+"""The conditional WGAN-GP that draws SASE pulses for given beam parameters.
+
+Representation: the generator produces the complex field envelope E(t)
+(real and imaginary parts), not the power.  In the linear regime the SASE
+field is a Gaussian random process, so a generator that gets the field's
+second-order statistics right also gets the spiky power (|E|^2 is locally
+exponentially distributed), the gamma-distributed pulse energy and the
+spectrum (|FFT E|^2) right, all from one consistent sample; a generator of
+power profiles would have to learn where spikes may sit and how their
+heights correlate.  The spectrum comes with every pulse for free.
+
+Scale: pulse energies differ by orders of magnitude between conditions
+(the gain is exponential in the Pierce parameter), so the field is divided
+by sqrt(S(c)), where log S(c) is a quadratic least-squares fit of the
+log mean power over the window against the scaled conditions.  The networks
+see fields of unit mean power; the fit restores watts.
+
+The critic sees the field, its power, its spectrum and its log energy, so
+the spike statistics and the energy distribution are in plain view.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from wakefield.config import StrictModel
+from wakefield.errors import ExtrapolationWarning, SpecError
+
+from ..simulators.sase import HBAR, spectrum
+from .fidelity import Pulses
+
+log = logging.getLogger(__name__)
+
+
+class ConditionSpec(StrictModel):
+    """One beam parameter the generator is conditioned on."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    unit: str = ""
+    low: float
+    """Lowest value seen in training, in ``unit``; scaled to -1."""
+    high: float
+    """Highest value seen in training, in ``unit``; scaled to +1."""
+
+    @model_validator(mode="after")
+    def _check_range(self) -> ConditionSpec:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"{self.name}: low and high must be finite")
+        if self.high <= self.low:
+            raise ValueError(
+                f"{self.name}: high ({self.high}) must exceed low ({self.low}); "
+                "train on at least two values of every condition"
+            )
+        return self
+
+
+class GanConfig(StrictModel):
+    """Everything needed to rebuild the generator and use its samples."""
+
+    conditions: list[ConditionSpec] = Field(min_length=1)
+    n_time: int = Field(ge=16)
+    """Time samples per pulse."""
+    dt: float = Field(gt=0)
+    """Time step, s."""
+    photon_energy: float = Field(gt=0)
+    """Photon energy at the centre of the spectrum, eV."""
+    noise_channels: int = Field(default=4, ge=1)
+    """Channels of the generator's latent white-noise sequence."""
+    generator_width: int = Field(default=24, ge=4)
+    """Channels of the generator's hidden convolutions."""
+    kernel_size: int = Field(default=7, ge=3)
+    """Length of the generator's convolution kernels, in time samples; odd."""
+    critic_width: int = Field(default=16, ge=4)
+    """Channels of the critic's first convolution."""
+    scale_terms: list[list[int]] = Field(default_factory=lambda: [[]])
+    """Monomials of log S(c), the log mean power (W) over the window, in the
+    scaled conditions: each the indices of the conditions multiplied, the
+    first the constant."""
+    scale_coefficients: list[float] = Field(default_factory=lambda: [0.0])
+    """Coefficients of the monomials in ``scale_terms``."""
+    info: dict[str, Any] = Field(default_factory=dict)
+    """Provenance: the dataset, training and fidelity results."""
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> GanConfig:
+        k = len(self.conditions)
+        if len(self.scale_terms) != len(self.scale_coefficients):
+            raise ValueError(
+                f"{len(self.scale_terms)} scale terms but "
+                f"{len(self.scale_coefficients)} coefficients; give one per term"
+            )
+        if any(not 0 <= i < k for term in self.scale_terms for i in term):
+            raise ValueError(f"scale terms may name conditions 0 to {k - 1} only")
+        return self
+
+    @property
+    def condition_names(self) -> list[str]:
+        return [c.name for c in self.conditions]
+
+
+# -- conditions and scale ----------------------------------------------------
+
+
+def scale_conditions(config: GanConfig, values: npt.ArrayLike) -> Tensor:
+    """Conditions (samples x conditions, in their units) scaled to [-1, 1]."""
+    array = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    if array.shape[1] != len(config.conditions):
+        raise SpecError(
+            f"got {array.shape[1]} condition values per sample; the generator is "
+            f"conditioned on {config.condition_names}, in that order"
+        )
+    low = np.array([c.low for c in config.conditions])
+    high = np.array([c.high for c in config.conditions])
+    scaled = 2 * (array - low) / (high - low) - 1
+    return torch.as_tensor(scaled, dtype=torch.float32)
+
+
+def scale_terms(scaled: Tensor) -> list[list[int]]:
+    """The monomials of the scale fit, each a list of condition indices.
+
+    The constant, every condition, and every product of two; a condition's
+    square only if it takes at least three distinct values, since with two
+    levels its square cannot be told apart from the constant.
+    """
+    k = scaled.shape[1]
+    terms: list[list[int]] = [[], *([i] for i in range(k))]
+    for i, j in itertools.combinations_with_replacement(range(k), 2):
+        if i != j or len(torch.unique(scaled[:, i])) >= 3:
+            terms.append([i, j])
+    return terms
+
+
+def monomials(scaled: Tensor, terms: Sequence[Sequence[int]]) -> Tensor:
+    """The scale fit's features: one column per term, a product of conditions."""
+    columns = [torch.ones_like(scaled[:, 0])]
+    for term in terms[1:]:
+        column = torch.ones_like(scaled[:, 0])
+        for i in term:
+            column = column * scaled[:, i]
+        columns.append(column)
+    return torch.stack(columns, dim=1)
+
+
+def fit_scale(
+    scaled: Tensor, mean_power: Tensor
+) -> tuple[list[list[int]], list[float]]:
+    """Terms and least-squares coefficients of the log mean power (W) on them.
+
+    ``scaled`` holds the distinct conditions; where terms outnumber them the
+    minimum-norm solution is taken.
+    """
+    terms = scale_terms(scaled)
+    features = monomials(scaled, terms).double()
+    target = torch.log(mean_power.double()).unsqueeze(1)
+    solution = torch.linalg.lstsq(features, target, driver="gelsd").solution
+    return terms, [float(v) for v in solution.squeeze(1)]
+
+
+def log_scale(config: GanConfig, scaled: Tensor) -> Tensor:
+    """log S(c): the log mean power over the window, W, for scaled conditions."""
+    coefficients = torch.tensor(config.scale_coefficients, dtype=torch.float64)
+    features = monomials(scaled, config.scale_terms).double()
+    return (features @ coefficients).float()
+
+
+# -- networks ----------------------------------------------------------------
+
+
+class Generator(nn.Module):
+    """Noise sequences and scaled conditions to fields of unit mean power.
+
+    The latent input is white noise along time, (batch, noise_channels,
+    n_time).  Convolutions, modulated channel by channel by the conditions
+    (FiLM), give it the local correlations of the field; an envelope network
+    of the conditions gives it its slowly varying amplitude.  A SASE field is
+    built the same way (shot noise, correlated over a coherence time, under
+    the envelope the current profile sets), so this bias is physical, while
+    the correlation shape, the envelope and how both depend on the beam are
+    learned.  Output: (batch, 2, n_time), the real and imaginary parts.
+    """
+
+    def __init__(self, config: GanConfig) -> None:
+        super().__init__()
+        k, w, n = len(config.conditions), config.generator_width, config.n_time
+        self.n_time = n
+        self.noise_channels = config.noise_channels
+        size = config.kernel_size
+        self.convolutions = nn.ModuleList(
+            [
+                nn.Conv1d(config.noise_channels, w, size, padding=size // 2),
+                nn.Conv1d(w, w, size, padding=size // 2),
+                nn.Conv1d(w, w, size, padding=size // 2),
+            ]
+        )
+        self.modulations = nn.ModuleList(
+            [nn.Linear(k, 2 * w) for _ in self.convolutions]
+        )
+        self.out = nn.Conv1d(w, 2, size, padding=size // 2)
+        self.envelope = nn.Sequential(
+            nn.Linear(k, 128), nn.LeakyReLU(0.2), nn.Linear(128, n), nn.Softplus()
+        )
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, z: Tensor, condition: Tensor) -> Tensor:
+        h = z
+        for conv, modulation in zip(self.convolutions, self.modulations, strict=True):
+            scale, shift = modulation(condition).unsqueeze(2).chunk(2, dim=1)
+            h = self.act(conv(h) * (1 + scale) + shift)
+        return self.out(h) * self.envelope(condition).unsqueeze(1)
+
+    def noise(self, n: int, generator: torch.Generator) -> Tensor:
+        """A latent batch of ``n`` white-noise sequences."""
+        return torch.randn(n, self.noise_channels, self.n_time, generator=generator)
+
+
+def field_features(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Power (batch, n), spectrum (batch, n) and log energy (batch,) of fields
+    (batch, 2, n) of unit mean power, all differentiable."""
+    complex_field = torch.complex(x[:, 0], x[:, 1])
+    power = x[:, 0] ** 2 + x[:, 1] ** 2
+    spec = torch.fft.fftshift(torch.fft.fft(complex_field).abs() ** 2, dim=-1)
+    spec = spec / x.shape[-1]
+    energy = torch.log(power.mean(dim=1) + 1e-6)
+    return power, spec, energy
+
+
+class Critic(nn.Module):
+    """Scores a field under conditions: high for simulated, low for generated.
+
+    It reads the real and imaginary parts and the power through two strided
+    1-D convolutions, the spectrum through a second such branch, and the log
+    pulse energy directly; the conditions enter by projection.  No normalisation layers, as the gradient penalty
+    asks.  Kept small: it runs several times per generator step on a CPU.
+    """
+
+    def __init__(self, config: GanConfig) -> None:
+        super().__init__()
+        k, w, n = len(config.conditions), config.critic_width, config.n_time
+        self.temporal = _branch(3, w)
+        self.spectral = _branch(1, w)
+        features = 2 * (2 * w * (n // 8)) + 1 + k
+        self.features = nn.Sequential(nn.Linear(features, 256), nn.LeakyReLU(0.2))
+        self.score = nn.Linear(256, 1)
+        self.projection = nn.Sequential(
+            nn.Linear(k, 64), nn.LeakyReLU(0.2), nn.Linear(64, 256)
+        )
+
+    def forward(self, x: Tensor, condition: Tensor) -> Tensor:
+        power, spec, energy = field_features(x)
+        temporal = self.temporal(torch.cat([x, power.unsqueeze(1)], dim=1))
+        spectral = self.spectral(spec.unsqueeze(1))
+        joint = torch.cat([temporal, spectral, energy.unsqueeze(1), condition], dim=1)
+        phi = self.features(joint)
+        # Projection conditioning (Miyato and Koyama, ICLR 2018): the score's
+        # dependence on the pulse is itself a function of the conditions.
+        projected = torch.sum(phi * self.projection(condition), dim=1)
+        return self.score(phi).squeeze(1) + projected
+
+
+def _branch(channels: int, width: int) -> nn.Sequential:
+    """Two strided convolutions, length n to n/8, flattened."""
+    return nn.Sequential(
+        nn.Conv1d(channels, width, 8, stride=4, padding=2),
+        nn.LeakyReLU(0.2),
+        nn.Conv1d(width, 2 * width, 4, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+    )
+
+
+# -- sampling ----------------------------------------------------------------
+
+
+class FelGan:
+    """A trained generator with its config: draws pulses in physical units."""
+
+    def __init__(self, config: GanConfig, generator: Generator | None = None) -> None:
+        if config.n_time % 8:
+            raise SpecError(
+                f"n_time = {config.n_time} must be a multiple of 8 for the critic's "
+                "strided convolutions; simulate on such a grid"
+            )
+        self.config = config
+        self.generator = generator if generator is not None else Generator(config)
+
+    @property
+    def time(self) -> npt.NDArray[np.float64]:
+        """Time axis, s, as the simulator lays it out."""
+        n = self.config.n_time
+        return np.asarray((np.arange(n) - n // 2) * self.config.dt, dtype=np.float64)
+
+    @property
+    def photon_energy(self) -> npt.NDArray[np.float64]:
+        """Photon-energy axis of generated spectra, eV."""
+        n, dt = self.config.n_time, self.config.dt
+        omega = 2 * math.pi * np.fft.fftshift(np.fft.fftfreq(n, dt))
+        return np.asarray(self.config.photon_energy + HBAR * omega, dtype=np.float64)
+
+    def condition_row(self, condition: Mapping[str, float]) -> list[float]:
+        """A condition mapping as a row in the generator's order."""
+        missing = [n for n in self.config.condition_names if n not in condition]
+        if missing:
+            raise SpecError(
+                f"condition lacks {missing}; the generator needs "
+                f"{self.config.condition_names}"
+            )
+        return [float(condition[n]) for n in self.config.condition_names]
+
+    def sample_field(
+        self, conditions: npt.ArrayLike, *, seed: int, batch_size: int = 2048
+    ) -> npt.NDArray[np.complex64]:
+        """Complex field envelopes, sqrt(W), one shot per row of ``conditions``.
+
+        Noise comes from a torch generator seeded with ``seed``, so the same
+        seed gives the same shots.
+        """
+        values = np.atleast_2d(np.asarray(conditions, dtype=np.float64))
+        scaled = scale_conditions(self.config, values)
+        self._warn_outside(scaled)
+        z = self.generator.noise(len(values), torch.Generator().manual_seed(seed))
+        amplitude = torch.exp(0.5 * log_scale(self.config, scaled))
+        parts = []
+        self.generator.eval()
+        with torch.no_grad():
+            for start in range(0, len(values), batch_size):
+                end = start + batch_size
+                x = self.generator(z[start:end], scaled[start:end])
+                x = x * amplitude[start:end, None, None]
+                parts.append(torch.complex(x[:, 0], x[:, 1]))
+        return torch.cat(parts).numpy()
+
+    def sample_pulses(
+        self, condition: Mapping[str, float], n: int, *, seed: int
+    ) -> Pulses:
+        """``n`` shots at one condition, with power (W) and spectrum (J/eV)."""
+        row = np.tile(self.condition_row(condition), (n, 1))
+        field = self.sample_field(row, seed=seed)
+        return Pulses(
+            power=np.abs(field) ** 2,
+            dt=self.config.dt,
+            spectrum=spectrum(field, self.config.dt),
+            photon_energy=self.photon_energy,
+        )
+
+    def sample_power(
+        self, condition: Mapping[str, float], n: int, *, seed: int
+    ) -> npt.NDArray[np.floating[Any]]:
+        """Power profiles, W, of ``n`` shots at one condition."""
+        return self.sample_pulses(condition, n, seed=seed).power
+
+    def _warn_outside(self, scaled: Tensor) -> None:
+        outside = (scaled.abs() > 1 + 1e-6).any(dim=0)
+        if outside.any():
+            names = [
+                n
+                for n, o in zip(self.config.condition_names, outside, strict=True)
+                if o
+            ]
+            warnings.warn(
+                f"conditions {names} lie outside the ranges the generator was "
+                "trained on; its pulses there are extrapolations",
+                ExtrapolationWarning,
+                stacklevel=3,
+            )
+
+
+def condition_matrix(
+    conditions: Sequence[Mapping[str, float]], names: Sequence[str]
+) -> npt.NDArray[np.float64]:
+    """Rows of condition values in the order of ``names``."""
+    return np.array([[float(c[n]) for n in names] for c in conditions])

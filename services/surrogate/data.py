@@ -77,7 +77,11 @@ def scan_settings(ds: xr.Dataset) -> dict[str, Setting | None]:
         if isinstance(s, dict)
     }
     found: dict[str, Setting | None] = {}
-    for name in _role(ds, "setting"):
+    # The simulator's own order where the scan recorded it.
+    present = _role(ds, "setting")
+    names = [n for n in declared if n in present]
+    names += [n for n in present if n not in names]
+    for name in names:
         var = ds[name]
         low, high = _valid_range(ds, name)
         if not low < high:

@@ -12,8 +12,9 @@ variables: a trainer and a server can be two services, so that requests
 keep being answered while a newer model trains.
 
 Requests that arrive before any model is served are kept (up to
-``pending``, also in the datastore, so a restarted actor still has them)
-and answered as soon as a model is served.
+``pending``) in the service's state in the datastore, so a restarted actor
+still has them, and are answered as soon as a model is served; the
+response's id then derives from the request, as if answered at once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from .serving import PREDICTION, PREDICTION_ERROR, ServedModel, parse_request, r
 from .training import EpochReport, train
 
 log = logging.getLogger(__name__)
+
+PENDING = "pending"
+"""Name of the service state that keeps requests waiting for a model."""
 
 
 class Surrogate(Service):
@@ -58,8 +62,7 @@ class Surrogate(Service):
     def setup(self) -> None:
         config: SurrogateConfig = self.config  # type: ignore[assignment]
         self.served = ServedModel()
-        self._pending: list[Event] = []
-        self._answered: list[str] = []
+        self._current = ""
         store = self.context.datastore
         if config.model is not None:
             try:
@@ -69,10 +72,9 @@ class Surrogate(Service):
                     f"config model {config.model!r} cannot be served: {exc}"
                 ) from exc
             self.served.offer(model)
-        self._pending = self._load_pending()
 
     def handle(self, event: Event, port: str, ctx: HandlerContext) -> None:
-        self._forget_answered(ctx)
+        self._current = event.id
         if port == "datasets":
             self._train(event, ctx)
         elif port == "models":
@@ -210,8 +212,8 @@ class Surrogate(Service):
         config: SurrogateConfig = self.config  # type: ignore[assignment]
         model = self.served.model
         if model is None:
-            if len(self._pending) < config.pending:
-                self._keep_pending(event, ctx)
+            if len(self._waiting()) < config.pending:
+                self._keep_pending(event)
                 return
             self._error(
                 ctx,
@@ -226,8 +228,15 @@ class Surrogate(Service):
         self._answer(event, ctx, model)
 
     def _answer(
-        self, request: Event, ctx: HandlerContext, model: SurrogateModel
+        self,
+        request: Event,
+        ctx: HandlerContext,
+        model: SurrogateModel,
+        *,
+        deferred: bool = False,
     ) -> None:
+        """Emit the response to ``request``; ``deferred``: a kept request,
+        answered in the handler of another event."""
         config: SurrogateConfig = self.config  # type: ignore[assignment]
         try:
             parsed = parse_request(request.data)
@@ -241,10 +250,17 @@ class Surrogate(Service):
                 uri=ctx.dataset_uri(f"prediction-{request.id}.zarr"),
             )
         except RequestError as exc:
-            self._error(ctx, request, exc, model)
+            self._error(ctx, request, exc, model, deferred=deferred)
             return
         data = {"request": request.id, **data}
-        ctx.emit("predictions", PREDICTION, data, dataref=ref, subject=request.subject)
+        ctx.emit(
+            "predictions",
+            PREDICTION,
+            data,
+            dataref=ref,
+            subject=request.subject,
+            cause=request if deferred else None,
+        )
         log.info(
             "answered request %s: %s samples with %s",
             request.id,
@@ -258,6 +274,8 @@ class Surrogate(Service):
         request: Event,
         exc: RequestError,
         model: SurrogateModel | None,
+        *,
+        deferred: bool = False,
     ) -> None:
         data: dict[str, Any] = {
             "request": request.id,
@@ -266,57 +284,44 @@ class Surrogate(Service):
         }
         if isinstance(exc, ExtrapolationError):
             data["out_of_range"] = exc.flagged
-        ctx.emit("predictions", PREDICTION_ERROR, data, subject=request.subject)
+        ctx.emit(
+            "predictions",
+            PREDICTION_ERROR,
+            data,
+            subject=request.subject,
+            cause=request if deferred else None,
+        )
         log.info("request %s refused: %s", request.id, exc)
 
     # Requests kept while no model is served
 
-    def _pending_folder(self) -> str:
-        c = self.context
-        return f"runs/{c.run_id}/{c.service}/pending"
+    def _waiting(self) -> list[dict[str, Any]]:
+        """Kept requests not yet answered by a handler that finished."""
+        items: list[dict[str, Any]] = self.context.load_state(PENDING).get("items", [])
+        current = self._current
+        return [
+            item
+            for item in items
+            if item["answered_by"] is None
+            or item["answered_by"] == current
+            or not self.context.is_handled(item["answered_by"])
+        ]
 
-    def _keep_pending(self, event: Event, ctx: HandlerContext) -> None:
-        ctx.datastore.write_file(
-            event.to_json(), f"{self._pending_folder()}/{event.id}.json"
-        )
-        self._pending.append(event)
-        log.info(
-            "request %s waits for a model (%s waiting)", event.id, len(self._pending)
-        )
-
-    def _load_pending(self) -> list[Event]:
-        store = self.context.datastore
-        folder = store.resolve(self._pending_folder())
-        if not store.fs.exists(folder):
-            return []
-        kept = []
-        for path in sorted(store.fs.glob(f"{folder}/*.json")):
-            try:
-                with store.fs.open(path, "rb") as fh:
-                    kept.append(Event.from_json(fh.read()))
-            except (OSError, ValueError, SpecError) as exc:
-                log.warning("cannot read waiting request %s: %s", path, exc)
-        if kept:
-            log.info("%s requests wait for a model", len(kept))
-        return kept
+    def _keep_pending(self, event: Event) -> None:
+        items = self._waiting()
+        if not any(item["event"]["id"] == event.id for item in items):
+            items.append({"event": event.model_dump(mode="json"), "answered_by": None})
+            self.context.save_state(PENDING, {"items": items})
+        log.info("request %s waits for a model (%s waiting)", event.id, len(items))
 
     def _answer_pending(self, ctx: HandlerContext) -> None:
         model = self.served.model
-        if model is None:
+        items = self._waiting()
+        if model is None or not items:
             return
-        waiting, self._pending = self._pending, []
-        for request in waiting:
-            self._answer(request, ctx, model)
-            self._answered.append(request.id)
-
-    def _forget_answered(self, ctx: HandlerContext) -> None:
-        # Removed only once the handler that answered them has returned and
-        # its responses are recorded, so a crash in between loses none.
-        store = ctx.datastore
-        for request_id in self._answered:
-            path = store.resolve(f"{self._pending_folder()}/{request_id}.json")
-            try:
-                store.fs.rm(path)
-            except FileNotFoundError:
-                pass
-        self._answered = []
+        for item in items:
+            request = Event.model_validate(item["event"])
+            self._answer(request, ctx, model, deferred=True)
+            # Answered for good once this handler's outputs are recorded.
+            item["answered_by"] = self._current
+        self.context.save_state(PENDING, {"items": items})

@@ -250,9 +250,10 @@ class ServedModel:
 
 def _check_same_variables(current: SurrogateModel, new: SurrogateModel) -> None:
     def signature(m: SurrogateModel) -> tuple[list[str], list[str], str | None]:
+        # Requests name their settings, so the order does not matter.
         return (
-            [s.name for s in m.settings],
-            [o.name for o in m.outputs],
+            sorted(s.name for s in m.settings),
+            sorted(o.name for o in m.outputs),
             m.image.name if m.image else None,
         )
 

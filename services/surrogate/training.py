@@ -179,7 +179,13 @@ def train(
 
 def _config(config: TrainConfig | Mapping[str, Any] | None) -> TrainConfig:
     if isinstance(config, TrainConfig):
-        return config
+        if type(config) is TrainConfig:
+            return config
+        # A service config: keep what training needs (the model records it).
+        fields = {
+            k: v for k, v in config.dump().items() if k in TrainConfig.model_fields
+        }
+        return TrainConfig.load(fields)
     try:
         return TrainConfig.load(dict(config or {}))
     except ValidationError as exc:

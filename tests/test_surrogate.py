@@ -3,6 +3,7 @@ closed-form Analytic simulator (fast, no Ray)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -562,3 +563,27 @@ def test_lume_export_evaluates_like_the_model(
     )
     assert [v.name for v in lume.input_variables] == ["x", "z"]
     assert lume.input_variables[0].value_range == (-1.0, 1.0)
+
+
+def test_served_model_swaps_only_for_newer_models_of_the_same_variables(
+    trained: tuple[SurrogateModel, Any],
+) -> None:
+    """A newer model of the same variables replaces the served one; an older
+    one is ignored; one of other outputs is refused with the reason."""
+    from wakefield.services.surrogate.serving import ServedModel
+
+    model, _ = trained
+    served = ServedModel()
+    assert served.offer(model) and served.model is model
+    older = copy.copy(model)
+    older.created = "2000-01-01T00:00:00+00:00"
+    assert not served.offer(older) and served.model is model
+    newer = copy.copy(model)
+    newer.created = "2999-01-01T00:00:00+00:00"
+    assert served.offer(newer) and served.model is newer
+    other, _ = train(
+        analytic_scan(80), config(image="spot", outputs=[], network={"hidden": [8]})
+    )
+    with pytest.raises(RequestError, match="serves one set of outputs"):
+        served.offer(other)
+    assert served.model is newer

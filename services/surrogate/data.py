@@ -303,7 +303,8 @@ class Normalisation:
         half = 0.5 * (high - low)
         return np.where(half > 0, half, 1.0)
 
-    def _mask(self, ref: ArrayT, kind: str) -> ArrayT:
+    def _mask(self, ref: ArrayT, kind: str) -> Any:
+        """Booleans per output (an array or a tensor, like ``ref``)."""
         return _like(ref, np.array([t == kind for t in self.transforms], float)) > 0
 
     def transform(self, y: ArrayT) -> ArrayT:
@@ -396,7 +397,7 @@ def _like(ref: ArrayT, values: FloatArray) -> ArrayT:
 
 def _where(mask: ArrayT, a: ArrayT, b: ArrayT) -> ArrayT:
     if isinstance(mask, torch.Tensor):
-        return torch.where(mask, a, b)  # type: ignore[arg-type]
+        return torch.where(mask, a, b)
     return np.where(mask, a, b)
 
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .config import NetworkConfig
+
+Gain = Literal["linear", "tanh", "relu", "leaky_relu", "sigmoid"]
+"""The nonlinearities whose initialisation gain torch knows."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class ImageDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.project(z).view(-1, self.channels, *self.start)
         h = self.upsample(h)[..., : self.shape[0], : self.shape[1]]
-        return self.out(h).squeeze(1)
+        image: Tensor = self.out(h).squeeze(1)
+        return image
 
 
 class SurrogateNet(nn.Module):
@@ -125,7 +129,8 @@ class SurrogateNet(nn.Module):
     def scalars(self, x: Tensor) -> Tensor:
         """The scalar head alone (no image decoding)."""
         h = self.trunk(x)
-        return self.head(h) if self.head is not None else h[:, :0]
+        scalars: Tensor = self.head(h) if self.head is not None else h[:, :0]
+        return scalars
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         h = self.trunk(x)
@@ -149,21 +154,21 @@ class Ensemble(nn.Module):
         """Stacked outputs: members x samples x outputs (and x rows x columns)."""
         results = [m(x) for m in self.members]
         scalars = torch.stack([r[0] for r in results])
-        images = [r[1] for r in results]
-        image = torch.stack(images) if images[0] is not None else None  # type: ignore[arg-type]
-        return scalars, image
+        images = [r[1] for r in results if r[1] is not None]
+        return scalars, torch.stack(images) if images else None
 
 
 def initialise(module: nn.Module, config: NetworkConfig) -> None:
     """Weights of every linear and convolution layer as configured; biases 0."""
     if config.init == "default":
         return
-    gain_name = {
+    gains: dict[str, Gain] = {
         "tanh": "tanh",
         "relu": "relu",
         "leaky_relu": "leaky_relu",
         "sigmoid": "sigmoid",
-    }.get(config.activation, "linear")
+    }
+    gain_name: Gain = gains.get(config.activation, "linear")
     for layer in module.modules():
         if not isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
             continue
@@ -187,7 +192,7 @@ def initialise(module: nn.Module, config: NetworkConfig) -> None:
             nn.init.zeros_(layer.bias)
 
 
-def _gain(name: str, config: NetworkConfig) -> float:
+def _gain(name: Gain, config: NetworkConfig) -> float:
     if name == "leaky_relu":
         return nn.init.calculate_gain(name, config.negative_slope)
     return nn.init.calculate_gain(name)
@@ -199,7 +204,7 @@ def _slope(config: NetworkConfig) -> float:
     )
 
 
-def _kaiming(config: NetworkConfig) -> str:
+def _kaiming(config: NetworkConfig) -> Literal["leaky_relu", "relu"]:
     return "leaky_relu" if config.activation in ("leaky_relu", "prelu") else "relu"
 
 

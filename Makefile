@@ -20,7 +20,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 export WAKEFIELD_TEST_KAFKA ?= 127.0.0.1:$(KAFKA_PORT)
-DEMO ?= workflows/hello.yaml
+DEMO ?= workflows/linac-tuning.yaml
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast bench lint format schemas kafka-start kafka-stop clean

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, StrictBool
+from pydantic import Field, StrictBool, model_validator
 
 from wakefield.config import StrictModel
 from wakefield.errors import ServiceError
@@ -48,8 +48,19 @@ class TargetSpec(StrictModel):
     value: float
     """The wanted value, in the output's unit."""
     tolerance: float | None = Field(default=None, gt=0)
-    """Absolute, in the output's unit; default: ``default_tolerance`` of its range."""
+    """Absolute, in the output's unit."""
+    relative: float | None = Field(default=None, gt=0)
+    """Instead of ``tolerance``: a fraction of ``value`` (0.02 is 2 %).
+    With neither, ``default_tolerance`` of the output's range in the scan."""
     weight: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_tolerance(self) -> TargetSpec:
+        if self.tolerance is not None and self.relative is not None:
+            raise ValueError("give tolerance (absolute) or relative, not both")
+        if self.relative is not None and self.value == 0:
+            raise ValueError("a relative tolerance needs a non-zero value")
+        return self
 
 
 class TuningRequest(StrictModel):
@@ -347,9 +358,12 @@ class WarmStart(Service):
                 spec if isinstance(spec, TargetSpec) else TargetSpec(value=float(spec))
             )
             low, high = self.scan_ranges.get(name, (0.0, 0.0))
-            tolerance = spec.tolerance or config.default_tolerance * max(
-                high - low, 1e-300
-            )
+            if spec.tolerance is not None:
+                tolerance = spec.tolerance
+            elif spec.relative is not None:
+                tolerance = spec.relative * abs(spec.value)
+            else:
+                tolerance = config.default_tolerance * max(high - low, 1e-300)
             targets.append(Target(name, spec.value, tolerance, spec.weight))
         return targets
 

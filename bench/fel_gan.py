@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--critic-steps", type=int, default=5)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--final-learning-rate", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/fel-gan"))
     args = parser.parse_args()
@@ -83,6 +84,7 @@ def main() -> None:
         batch_size=args.batch_size,
         critic_steps=args.critic_steps,
         learning_rate=args.learning_rate,
+        final_learning_rate=args.final_learning_rate,
     )
     history: list[dict[str, float]] = []
 
@@ -96,10 +98,14 @@ def main() -> None:
                 flush=True,
             )
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     gan = training.train(data, config, on_epoch)
     train_seconds = time.perf_counter() - start
-    print(f"trained {args.epochs} epochs in {train_seconds:.0f} s")
+    train_cpu = time.process_time() - cpu_start
+    print(
+        f"trained {args.epochs} epochs in {train_seconds:.0f} s wall, "
+        f"{train_cpu:.0f} s CPU ({args.threads} thread(s))"
+    )
     training.save(gan, args.out / "generator")
 
     # Held-out shots from another seed, compared condition by condition.
@@ -149,6 +155,7 @@ def main() -> None:
         json.dumps(
             {
                 "train_seconds": train_seconds,
+                "train_cpu_seconds": train_cpu,
                 "epochs": args.epochs,
                 "train_shots": n_train,
                 "rows": [r.row() for r in reports],

@@ -83,7 +83,7 @@ class GanConfig(StrictModel):
     """Length of the generator's convolution kernels, in time samples; odd."""
     critic_width: int = Field(default=16, ge=4)
     """Channels of the critic's first convolution."""
-    scale_terms: list[list[int]] = Field(default_factory=lambda: [[]])
+    scale_terms: list[list[int]] = Field(default_factory=lambda: [list[int]()])
     """Monomials of log S(c), the log mean power (W) over the window, in the
     scaled conditions: each the indices of the conditions multiplied, the
     first the constant."""
@@ -217,7 +217,8 @@ class Generator(nn.Module):
         for conv, modulation in zip(self.convolutions, self.modulations, strict=True):
             scale, shift = modulation(condition).unsqueeze(2).chunk(2, dim=1)
             h = self.act(conv(h) * (1 + scale) + shift)
-        return self.out(h) * self.envelope(condition).unsqueeze(1)
+        field: Tensor = self.out(h) * self.envelope(condition).unsqueeze(1)
+        return field
 
     def noise(self, n: int, generator: torch.Generator) -> Tensor:
         """A latent batch of ``n`` white-noise sequences."""
@@ -265,7 +266,8 @@ class Critic(nn.Module):
         # Projection conditioning (Miyato and Koyama, ICLR 2018): the score's
         # dependence on the pulse is itself a function of the conditions.
         projected = torch.sum(phi * self.projection(condition), dim=1)
-        return self.score(phi).squeeze(1) + projected
+        score: Tensor = self.score(phi).squeeze(1) + projected
+        return score
 
 
 def _branch(channels: int, width: int) -> nn.Sequential:

@@ -1,7 +1,8 @@
 """Plots of generated against simulated SASE pulses, written as PNG.
 
-Figures are drawn on matplotlib's Agg canvas directly, without pyplot's
-global state, so plotting is safe inside services and threads.
+Figures are made as ``matplotlib.figure.Figure`` objects and saved with
+the Agg renderer, without pyplot's global state, so plotting is safe inside
+services and threads.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .fidelity import Pulses, SpikeCriteria, spikes
@@ -174,6 +174,6 @@ def plot_learning_curve(history: Sequence[dict[str, float]], path: str | Path) -
 def _write(fig: Figure, path: str | Path) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig).print_png(str(target))
+    fig.savefig(target, format="png")
     log.info("wrote plot %s", target)
     return target

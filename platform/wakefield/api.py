@@ -12,6 +12,8 @@
     wakefield.status(wf, result.run_id)
     wakefield.cancel(wf, run_id)
     wakefield.scale(wf, run_id, "classifier", 3)
+    sent = wakefield.submit("workflows/hello.yaml", ray_address="http://head:8265")
+    wakefield.ray_job(sent.run_id, "http://head:8265")   # the Ray job, the replicas
 
 Wherever a workflow is expected, a path to its YAML works too.  ``bus``
 overrides the workflow's bus (``kafka://host:9092``, ``embedded://PATH``).
@@ -27,6 +29,7 @@ from typing import Any
 from .bus import Bus, Delivered, open_bus
 from .events import DataRef, Event
 from .loader import load_workflow
+from .runtime import cluster
 from .runtime.runner import CONTROL, Run, RunResult, bus_url_of, run_workflow
 from .runtime.status import RunStatus
 from .workflow import WorkflowBase, kind_classes
@@ -185,6 +188,26 @@ def scale(
         bus=bus,
     )
     return event
+
+
+def submit(workflow: str | Path, **options: Any) -> cluster.Submission:
+    """Send a workflow file to a Ray cluster as a job that runs it there.
+    Options: ``ray_address`` (required: the dashboard, ``http://HEAD:8265``),
+    ``bus``, ``datastore``, ``run_id``, ``resume``, ``timeout``, ``command``,
+    ``entrypoint_cpus``, ``env``, ``token`` (see
+    :func:`wakefield.runtime.cluster.submit`)."""
+    return cluster.submit(workflow, **options)
+
+
+def ray_job(
+    run_id: str, ray_address: str, *, token: str | None = None
+) -> dict[str, Any]:
+    """What Ray says of a run: its latest job (``job``, None if it was not
+    submitted) and where its replicas live (``replicas``)."""
+    return {
+        "job": cluster.job_of_run(ray_address, run_id, token=token),
+        "replicas": cluster.replicas(ray_address, run_id, token=token),
+    }
 
 
 def services() -> dict[str, dict[str, Any]]:

@@ -185,6 +185,43 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_OK if state == "SUCCEEDED" else EXIT_FAILED
 
 
+def cmd_slurm(args: argparse.Namespace) -> int:
+    from .slurm import SlurmOptions, batch_script
+
+    options = SlurmOptions(
+        nodes=args.nodes,
+        cpus_per_node=args.cpus_per_node,
+        gpus_per_node=args.gpus_per_node,
+        mem=args.mem,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        job_name=args.job_name,
+        output=args.job_output,
+        result=args.result,
+        sbatch=args.sbatch,
+        setup=args.setup,
+        bus=args.bus,
+        local_kafka=args.local_kafka,
+        kafka_port=args.kafka_port,
+        datastore=args.datastore,
+        run_id=args.run_id,
+        resume=args.resume,
+        timeout=args.timeout,
+        python=args.python or sys.executable,
+        ray_cpus=args.ray_cpus,
+        ray_port=args.ray_port,
+        ray_args=args.ray_arg,
+        token_file=args.token_file,
+    )
+    script = batch_script(args.file, options)
+    if args.output == "json":
+        _json({"file": args.file, "script": script})
+    else:
+        sys.stdout.write(script)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     wf = _workflow_for(args)
     summary = api.status(wf, args.run_id, bus=args.bus)
@@ -529,6 +566,114 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = add(
+        "slurm",
+        cmd_slurm,
+        "write a Slurm batch script that runs a workflow on Ray",
+        "Write a Slurm batch script (to stdout) that runs a workflow on a Ray cluster\n"
+        "made of the allocation's nodes: the Ray head and the run on the first node,\n"
+        "a Ray worker on each other node (srun), Ray's token made for the job, and\n"
+        "everything stopped when the run ends, fails or the job is cancelled. The\n"
+        "script carries the workflow; the job exits with the run's exit code and\n"
+        "leaves the run's result as JSON beside its output.\n\n"
+        "The nodes need wakefield installed where --python points (a shared virtual\n"
+        "environment; --setup lines run first, e.g. 'module load python/3.11').\n"
+        "Paths (datastore, embedded bus) are made absolute and must be on a shared\n"
+        "file system. With several nodes the bus must be Kafka (--bus kafka://...);\n"
+        "--local-kafka starts a broker on one node with scripts/kafka-broker.\n\n"
+        "examples:\n"
+        "  wakefield slurm workflows/hello.yaml > hello.sbatch && sbatch hello.sbatch\n"
+        "  wakefield slurm scan.yaml --nodes 4 --gpus-per-node 1 --time 4:00:00 \\\n"
+        "      --bus kafka://kafka.lab.org:9092 --datastore /shared/wakefield \\\n"
+        "      --partition gpu > scan.sbatch\n"
+        "  wakefield status hello-slurm-JOBID -f workflows/hello.yaml",
+        [common],
+    )
+    p.add_argument("file", metavar="FILE", help="the workflow YAML to run")
+    g = p.add_argument_group("the allocation")
+    g.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes (1)")
+    g.add_argument(
+        "--cpus-per-node",
+        type=int,
+        metavar="N",
+        help="CPUs per node (default: whole nodes, --exclusive)",
+    )
+    g.add_argument("--gpus-per-node", type=int, default=0, metavar="N")
+    g.add_argument("--mem", metavar="SIZE", help="memory per node, e.g. 64G")
+    g.add_argument("--time", default="01:00:00", help="time limit (01:00:00)")
+    g.add_argument("--partition", metavar="NAME")
+    g.add_argument("--account", metavar="NAME")
+    g.add_argument("--job-name", metavar="NAME", help="default: wakefield-WORKFLOW")
+    g.add_argument(
+        "--job-output",
+        default="%x-%j.out",
+        metavar="PATH",
+        help="the job's output file (%%x-%%j.out: %%x the job's name, %%j its id)",
+    )
+    g.add_argument(
+        "--result",
+        default="%x-%j.json",
+        metavar="PATH",
+        help="the run's result as JSON (%%x-%%j.json)",
+    )
+    g.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="another #SBATCH option, e.g. --sbatch=--qos=long (repeatable)",
+    )
+    g.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="a shell line run first, e.g. 'source /shared/venv/bin/activate'",
+    )
+    g = p.add_argument_group("the run")
+    g.add_argument("--bus", metavar="URL", help="kafka://HOST:PORT (the lab's Kafka)")
+    g.add_argument(
+        "--local-kafka",
+        action="store_true",
+        help="start a Kafka broker for the job on its node (one node only)",
+    )
+    g.add_argument("--kafka-port", type=int, metavar="PORT", help="its port")
+    g.add_argument("--datastore", metavar="URI", help="a shared folder or s3://...")
+    g.add_argument("--run-id", metavar="ID", help="default: WORKFLOW-slurm-JOBID")
+    g.add_argument("--resume", metavar="RUN_ID", help="continue a run that stopped")
+    g.add_argument("--timeout", type=float, metavar="SECONDS")
+    g = p.add_argument_group("Ray")
+    g.add_argument(
+        "--python",
+        metavar="PATH",
+        help="the Python of wakefield's environment on the nodes (default: this "
+        "one); wakefield and ray are taken from its folder",
+    )
+    g.add_argument(
+        "--ray-cpus",
+        type=int,
+        metavar="N",
+        help="logical CPUs per Ray node (default: the CPUs Slurm gives the node)",
+    )
+    g.add_argument(
+        "--ray-port",
+        type=int,
+        metavar="PORT",
+        help="first of 20 ports Ray uses per node (default: from the job id)",
+    )
+    g.add_argument(
+        "--ray-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an argument for every 'ray start', e.g. --ray-arg=--object-store-memory=4e9",
+    )
+    g.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="also write Ray's token there (mode 600), for `status --ray-address`",
+    )
+
+    p = add(
         "status",
         cmd_status,
         "show what a run is doing",
@@ -732,8 +877,8 @@ def _print_ray(ray: dict[str, Any]) -> None:
     placed: dict[str, list[str]] = {}
     for actor in ray["replicas"]:
         if actor["state"] != "DEAD":
-            where = f"{actor['replica']}@{str(actor['node_id'])[:8]}"
-            placed.setdefault(actor["service"], []).append(where)
+            on = f"{actor['replica']}@{str(actor['node_id'])[:8]}"
+            placed.setdefault(actor["service"], []).append(on)
     for service, where in placed.items():
         print(f"  {service} replicas on nodes: {', '.join(where)}")
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from wakefield.errors import DatastoreError, ExtrapolationWarning, SpecError
 from wakefield.services.fel_gan import fidelity, plots, training
@@ -214,6 +215,28 @@ def test_dataset_refuses_non_finite_fields() -> None:
         training.PulseDataset(
             good.conditions, field, good.dt, good.photon_energy, NAMES, UNITS
         )
+
+
+def test_dataset_from_a_scan_dataset() -> None:
+    """A sase scan as an xarray Dataset becomes a training set with units."""
+    sim = SasePulseSimulator(OPTIONS)
+    settings, outputs = simulate(CONDITIONS[:2], 3, SEED)
+    variables = {
+        name: (("sample", "time"), outputs[name])
+        for name in ("field_real", "field_imag")
+    }
+    for name, unit in zip(NAMES, UNITS, strict=True):
+        variables[name] = xr.Variable(("sample",), settings[name], {"units": unit})
+    scan = xr.Dataset(
+        variables, coords={"time": sim.time, "photon_energy": sim.photon_energy}
+    )
+    data = training.PulseDataset.from_xarray(scan, NAMES)
+    assert data.field.shape == (6, OPTIONS.n_time)
+    assert data.units == UNITS
+    assert data.dt == pytest.approx(sim.dt)
+    assert data.photon_energy == pytest.approx(sim.photon_energy[OPTIONS.n_time // 2])
+    with pytest.raises(DatastoreError, match="field_real"):
+        training.PulseDataset.from_xarray(scan.drop_vars("field_real"), NAMES)
 
 
 def test_conditions_outside_training_warn() -> None:

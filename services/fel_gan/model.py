@@ -11,9 +11,11 @@ heights correlate.  The spectrum comes with every pulse for free.
 
 Scale: pulse energies differ by orders of magnitude between conditions
 (the gain is exponential in the Pierce parameter), so the field is divided
-by sqrt(S(c)), where log S(c) is a quadratic least-squares fit of the
-log mean power over the window against the scaled conditions.  The networks
-see fields of unit mean power; the fit restores watts.
+by sqrt(S(c)), where log S(c) is a least-squares fit of the log mean power
+over the window, quadratic in the scaled conditions.  The networks see
+fields of unit mean power; the fit restores watts.  After training the fit
+is corrected so that the generated mean power matches the training data at
+every training condition (``training.calibrate_energy``).
 
 The critic sees the field, its power, its spectrum and its log energy, so
 the spike statistics and the energy distribution are in plain view.
@@ -375,10 +377,3 @@ class FelGan:
                 ExtrapolationWarning,
                 stacklevel=3,
             )
-
-
-def condition_matrix(
-    conditions: Sequence[Mapping[str, float]], names: Sequence[str]
-) -> npt.NDArray[np.float64]:
-    """Rows of condition values in the order of ``names``."""
-    return np.array([[float(c[n]) for n in names] for c in conditions])

@@ -54,7 +54,7 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 class TrainingConfig(StrictModel):
     """How to train the generator; ``seed`` makes a run repeatable."""
 
-    epochs: int = Field(default=300, ge=0)
+    epochs: int = Field(default=100, ge=0)
     """Passes over the data; 0 returns the untrained generator with its scale fit."""
     batch_size: int = Field(default=64, ge=2)
     critic_steps: int = Field(default=5, ge=1)
@@ -97,7 +97,7 @@ class PulseDataset:
 
     def __post_init__(self) -> None:
         n, k = self.conditions.shape
-        if self.field.shape[0] != n or k != len(self.names) != len(self.units):
+        if self.field.shape[0] != n or not k == len(self.names) == len(self.units):
             raise SpecError(
                 f"conditions {self.conditions.shape}, fields {self.field.shape}, "
                 f"names {self.names}: need one row per shot and one name and unit "

@@ -489,7 +489,11 @@ def simulator_evaluator(
 
 def _scan_settings(ds: Any, names: list[str] | None) -> list[Setting]:
     found = []
-    for name, var in ds.data_vars.items():
+    # The simulator's order (kept in the scan's provenance), not the store's.
+    declared = [s["name"] for s in ds.attrs.get("settings", []) if s.get("name") in ds]
+    order = declared + [str(n) for n in ds.data_vars if str(n) not in declared]
+    for name in order:
+        var = ds[name]
         if var.attrs.get("role") != "setting" or (
             names is not None and name not in names
         ):

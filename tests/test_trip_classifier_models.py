@@ -112,13 +112,19 @@ def test_real_cavity_6_loses_its_gradient_at_the_trip():
 
 @needs_example
 def test_real_event_onto_the_classifier_grid():
-    """to_grid keeps the classifier's 640 samples; all 17 signals on request."""
+    """to_grid keeps the classifier's 736 samples (every 4th, and every one
+    within 12.8 ms of the trip) with their recorded values; all 17 signals on
+    request."""
     event = read_trip_event(EXAMPLE, signals="all")
     assert list(event["signal"].values) == list(RECORDED_SIGNALS)
     grid = RecordGrid()
     gridded = to_grid(event, grid)
-    assert gridded["waveform"].shape == (8, 17, 640)
+    assert gridded["waveform"].shape == (8, 17, 736)
     assert np.array_equal(gridded["time"].values, grid.times)
+    near = event["waveform"].sel(time=slice(-12.8, 12.8))
+    np.testing.assert_array_equal(
+        gridded["waveform"].sel(time=slice(-12.8, 12.8)).values, near.values
+    )
 
 
 def write_event(folder: Path, rows: int = 40, **breaks) -> Path:
@@ -243,6 +249,22 @@ def test_exported_forest_predicts_as_sklearn(tmp_path):
     loaded = TreeEnsemble.load(tmp_path / "forest")
     assert np.allclose(loaded.predict_proba(test), forest.predict_proba(test))
     assert loaded.classes == ["a", "b", "c"]
+
+
+def test_forest_attribution_adds_up_to_its_probability():
+    """Each event's path contributions plus the base equal the forest's
+    probability of the class they explain, and the deciding feature leads."""
+    rng = np.random.default_rng(SEED)
+    x = rng.normal(size=(400, 5))
+    y = (x[:, 2] > 0.3).astype(int)
+    forest = RandomForestClassifier(30, random_state=SEED).fit(x, y)
+    exported = TreeEnsemble.from_sklearn(forest, ["no", "yes"], list("abcde"))
+    test = rng.normal(size=(40, 5))
+    named = exported.predict_proba(test).argmax(1)
+    base, share = exported.contributions(test, named)
+    probability = exported.predict_proba(test)[np.arange(40), named]
+    np.testing.assert_allclose(base + share.sum(axis=1), probability, atol=1e-12)
+    assert (np.abs(share).argmax(axis=1) == 2).mean() > 0.9
 
 
 def test_cnn_saves_and_loads_without_pickle(tmp_path):

@@ -100,6 +100,10 @@ SETTLE = 20.0
 MARGIN = 100.0
 """Extra time integrated before the window, so that a record can be shifted
 to a trip the interlock fired before the scheduled one, ms."""
+TUNER_DEADBAND = 0.5
+"""The resonance control keeps the static detuning within this many half
+bandwidths (a detune angle of 27 deg); it acts over seconds, too slowly to
+follow a fault."""
 GRADIENT_LOW = 0.5
 """The interlock opens a cavity's RF switch below this fraction of its set
 gradient."""
@@ -157,18 +161,26 @@ FaultName = Literal[
 
 
 class RecordGrid(StrictModel):
-    """The samples kept of a record: a window of it, decimated.
+    """The samples kept of a record: a window of it, decimated, with the
+    milliseconds around the trigger kept at the recorder's full rate.
 
-    The default keeps every 4th sample (0.8 ms) from -409.6 ms to +101.6 ms:
-    640 samples, 80 KiB per event for 4 signals of 8 cavities in float32.
+    The default keeps every 4th sample (0.8 ms) from -409.6 ms to +101.6 ms
+    (640 samples) and every sample (0.2 ms) from -12.8 ms to +12.8 ms, where
+    a quench or a controls fault plays out within a millisecond or two:
+    736 samples in all, 92 KiB per event for 4 signals of 8 cavities in
+    float32.  The time axis is then not evenly spaced; :attr:`times` gives
+    it.
     """
 
     start: float = -409.6
     """Time of the first sample kept, ms; one of the recorder's sample times."""
     samples: int = Field(default=640, ge=8)
-    """Number of samples kept."""
+    """Number of decimated samples kept (the full-rate window adds more)."""
     decimation: int = Field(default=4, ge=1, le=64)
     """Keep every n-th of the recorder's samples (0.2 ms apart)."""
+    zoom: float = Field(default=12.8, ge=0.0, le=50.0)
+    """Half width of the window around the trigger (t = 0) kept at the
+    recorder's full rate, ms; a multiple of 0.2 ms; 0 keeps none."""
 
     @model_validator(mode="after")
     def _inside_record(self) -> RecordGrid:
@@ -186,11 +198,17 @@ class RecordGrid(StrictModel):
                 f"run past the record's end at {end:.1f} ms; "
                 "lower samples or decimation, or start earlier"
             )
+        steps = self.zoom / RECORD_STEP
+        if abs(steps - round(steps)) > 1e-6:
+            raise ValueError(
+                f"zoom {self.zoom} ms is not a whole number of the recorder's "
+                f"{RECORD_STEP} ms steps; use a multiple of {RECORD_STEP}"
+            )
         return self
 
     @property
     def step(self) -> float:
-        """Spacing of the samples kept, ms."""
+        """Spacing of the decimated samples, ms."""
         return RECORD_STEP * self.decimation
 
     @property
@@ -199,9 +217,24 @@ class RecordGrid(StrictModel):
         return round((self.start - RECORD_START) / RECORD_STEP)
 
     @property
-    def indices(self) -> IntArray:
-        """Indices of the samples kept in a full 8,192-sample record."""
+    def decimated(self) -> IntArray:
+        """Indices of the decimated samples in a full 8,192-sample record."""
         return self.first_index + self.decimation * np.arange(self.samples)
+
+    @property
+    def indices(self) -> IntArray:
+        """Indices of every sample kept in a full 8,192-sample record, in order."""
+        coarse = self.decimated
+        trigger = round(-RECORD_START / RECORD_STEP)
+        half = round(self.zoom / RECORD_STEP)
+        fine = np.arange(trigger - half, trigger + half + 1) if half else coarse[:0]
+        fine = fine[(fine >= coarse[0]) & (fine <= coarse[-1])]
+        return np.union1d(coarse, fine).astype(np.int64)
+
+    @property
+    def size(self) -> int:
+        """Number of samples kept."""
+        return int(self.indices.size)
 
     @property
     def times(self) -> FloatArray:
@@ -367,7 +400,7 @@ class CryomoduleSimulator(Simulator):
                 unit="",
                 dtype="float32",
                 dims=("cavity", "signal", "time"),
-                shape=(N_CAVITIES, signals, grid.samples),
+                shape=(N_CAVITIES, signals, grid.size),
                 description="recorded signals; each signal's unit is in "
                 "the signal coordinate's description",
             ),
@@ -500,7 +533,19 @@ class CryomoduleSimulator(Simulator):
         pert = draw_perturbations(
             t, fault, cavity, scheduled, op.half_bandwidth, op.headroom, rng
         )
+        # Integration steps whose samples the record may keep: the decimated
+        # ones, and every step of the full-rate window and of the margin
+        # before it (a shifted record reads up to MARGIN earlier).
+        offset = settle + margin * grid.decimation - grid.first_index
+        wanted = grid.indices + offset
         keep = settle + grid.decimation * np.arange(kept)
+        if grid.zoom:
+            trigger_step = round(-RECORD_START / RECORD_STEP) + offset
+            half = round(grid.zoom / RECORD_STEP)
+            fine = np.arange(
+                trigger_step - half - margin * grid.decimation, trigger_step + half + 1
+            )
+            keep = np.union1d(keep, fine[(fine >= 0) & (fine < steps)])
         waveform, off = _integrate(
             op, pert, scheduled, t, keep, self.options.signals, rng
         )
@@ -511,7 +556,8 @@ class CryomoduleSimulator(Simulator):
         trigger = off.reshape(n, N_CAVITIES).min(axis=1)
         shift = np.clip(np.round((scheduled - trigger) / grid.step), 0, margin)
         shift = shift.astype(np.int64)
-        index = (margin - shift)[:, None] + np.arange(grid.samples)
+        read = wanted[None, :] - (shift * grid.decimation)[:, None]
+        index = np.searchsorted(keep, read)
         waveform = np.take_along_axis(waveform, index[:, None, None, :], axis=-1)
         early = int((shift > 0).sum())
         if early:
@@ -578,10 +624,14 @@ def _draw_operating_point(
     # Lorentz force: K_L shared by a fast mode and a slow mode.
     k_l = rng.uniform(0.8, 1.6, shape)
     fast = rng.uniform(0.4, 0.8, shape)
+    loaded_q = NOMINAL_QL * around("loaded_q_scale", 0.15)
+    # The resonance control moves a tuner that leaves the deadband.
+    deadband = TUNER_DEADBAND * F0 / (2.0 * loaded_q)
+    offset = settings["detune_spread"][:, None] * rng.standard_normal(shape)
     return _OperatingPoint(
         gradient=np.clip(around("gradient_mean", 0.15), 4.0, 21.0),
-        loaded_q=NOMINAL_QL * around("loaded_q_scale", 0.15),
-        detune=settings["detune_spread"][:, None] * rng.standard_normal(shape),
+        loaded_q=loaded_q,
+        detune=np.clip(offset, -deadband, deadband),
         beam=settings["beam_current"],
         mic_amp=rms[..., None] * np.sqrt(2.0 * weights),
         mic_freq=rng.uniform(3.0, 60.0, (*shape, 3)),
@@ -651,10 +701,12 @@ def _integrate(
     w12 = OMEGA_0 / (2.0 * flat(op.loaded_q))
     k = flat(op.coupling_k)
     beam = flat(op.beam_gradient)
-    detune_fault, loss, drive_gain = (
+    detune_fault, loss, ask_fault, loop_fault, hold = (
         flat(pert.detune),
         flat(pert.loss),
-        flat(pert.drive),
+        flat(pert.ask),
+        flat(pert.loop),
+        flat(pert.hold),
     )
     rf_on = flat(pert.rf_on)
     fe_rate, fe_barrier = flat(pert.fe_rate), flat(pert.fe_barrier)
@@ -686,6 +738,7 @@ def _integrate(
     dw0 = 2.0 * math.pi * (flat(op.detune) + mic[0] + detune_fault[0])
     integ = e_set * (1.0 + loss[0] / w12 - 1j * dw0 / w12) + beam
     u_limit = flat(op.headroom) * np.abs(integ)
+    ask = integ.copy()
 
     # Measurement noise: the pickup's feeds the controller at every step.
     noise = np.repeat(op.noise, N_CAVITIES)
@@ -696,8 +749,9 @@ def _integrate(
     )
     burst = rng.standard_normal((steps, n * N_CAVITIES))
 
-    record: dict[str, list[ComplexArray]] = {
+    record: dict[str, list[Any]] = {
         "em": [],
+        "live": [],
         "ask": [],
         "fwd": [],
         "field": [],
@@ -716,12 +770,17 @@ def _integrate(
         beam_now = beam * np.repeat(beam_on, N_CAVITIES)
 
         # PI controller on I/Q with a limited output; the drive chain after it.
-        error = e_set - e_meas
-        integ = _clip_magnitude(integ + ki_dt * error, u_limit)
-        ask = _clip_magnitude(integ + kp * error, u_limit)
-        forward = ask * drive_gain[s] * np.where(closed, 1.0, leak)
+        # A controller at fault: its error turned by a wrong loop phase, its
+        # output frozen, or its output stage putting out less than computed.
+        error = (e_set - e_meas) * loop_fault[s]
+        frozen = hold[s]
+        integ = np.where(frozen, integ, _clip_magnitude(integ + ki_dt * error, u_limit))
+        command = _clip_magnitude(integ + kp * error, u_limit) * ask_fault[s]
+        ask = np.where(frozen, ask, command)
+        forward = ask * np.where(closed, 1.0, leak)
         if s in keep_set:
             record["em"].append(e_meas)
+            record["live"].append(~frozen)
             record["ask"].append(ask)
             record["fwd"].append(forward)
             record["field"].append(e)
@@ -751,22 +810,30 @@ def _integrate(
 
 def _signals(
     op: _OperatingPoint,
-    record: dict[str, list[ComplexArray]],
+    record: dict[str, list[Any]],
     noise: FloatArray,
     k: FloatArray,
     signals: Sequence[str],
     rng: np.random.Generator,
 ) -> npt.NDArray[np.float32]:
-    """The recorder's signals from the kept samples, with their own noise."""
+    """The recorder's signals from the kept samples, with their own noise.
+
+    The fluctuation of the drive (GASK, and the forward and reflected power
+    that follow it) is the loop answering the pickup's wide-band noise, which
+    a model stepped at 0.2 ms cannot resolve: it is drawn here, 3 % (drive)
+    and 4 % (power) times the noise level, and falls to a tenth of that
+    while the controller's output is frozen.
+    """
     em, ask, fwd, field = (
         np.stack(record[key], axis=-1) for key in ("em", "ask", "fwd", "field")
     )
     shape = em.shape
     noise = noise[:, None]
+    jitter = noise * np.where(np.stack(record["live"], axis=-1), 1.0, 0.1)
     offset = op.phase_offset.reshape(-1, 2)
 
     def power_noise(p: FloatArray) -> FloatArray:
-        relative = 1.0 + 0.04 * noise * rng.standard_normal(shape)
+        relative = 1.0 + 0.04 * jitter * rng.standard_normal(shape)
         return np.abs(p * relative + 0.003 * noise * rng.standard_normal(shape))
 
     # The forward coupler's phase is measured with its own noise.
@@ -781,7 +848,7 @@ def _signals(
             op.ask_scale.reshape(-1)[:, None]
             * np.abs(ask)
             / (2.0 * k[:, None])
-            * (1.0 + 0.03 * noise * rng.standard_normal(shape))
+            * (1.0 + 0.03 * jitter * rng.standard_normal(shape))
         ),
         "PASK": np.degrees(np.angle(ask * np.exp(1j * offset[:, 1:]))),
         "CRFP": power_noise(np.abs(fwd / (2.0 * k[:, None])) ** 2),

@@ -15,7 +15,11 @@ The perturbations, per event, cavity and integration step:
 
 ``detune``   extra detuning, Hz (helium pressure, growing microphonics)
 ``loss``     extra decay rate of the field from wall losses, 1/s (quench)
-``drive``    complex gain of the drive chain after the controller (1 healthy)
+``ask``      complex gain of the field controller's output stage (1 healthy);
+             the recorder's GASK sees it
+``loop``     complex factor on the controller's error (1 healthy): a wrong
+             loop phase
+``hold``     the controller's output frozen at its last value
 ``rf_on``    the RF switch: False once the interlock has tripped
 ``fe_*``     a field-emission burst: its loss rate at the set gradient (1/s),
              its Fowler-Nordheim barrier (MV/m), the phase of its loading
@@ -88,7 +92,9 @@ class Perturbations:
 
     detune: FloatArray
     loss: FloatArray
-    drive: ComplexArray
+    ask: ComplexArray
+    loop: ComplexArray
+    hold: BoolArray
     rf_on: BoolArray
     fe_rate: FloatArray
     fe_barrier: FloatArray
@@ -105,7 +111,9 @@ class Perturbations:
         return cls(
             detune=np.zeros(shape, dtype=np.float32),
             loss=np.zeros(shape, dtype=np.float32),
-            drive=np.ones(shape, dtype=np.complex64),
+            ask=np.ones(shape, dtype=np.complex64),
+            loop=np.ones(shape, dtype=np.complex64),
+            hold=np.zeros(shape, dtype=bool),
             rf_on=np.ones(shape, dtype=bool),
             fe_rate=np.zeros(cavities),
             fe_barrier=np.ones(cavities),
@@ -314,11 +322,19 @@ def _heat_riser_choke(
 ) -> None:
     """A choked heat riser: helium pressure rises and detunes the cavity.
 
-    The bath pressure rises from t_on (0.2 to 1.5 s before the trip) with
-    time constant tau_p (150 to 600 ms); the detuning df/dp dp follows it,
-    with either sign, and reaches f12 sqrt((h m)^2 - 1) at the trip (m from
-    1 to 1.25), just past what the drive limit holds: a detune angle of
-    40 to 68 deg.  Neighbouring cavities feel up to 15 % of the pressure.
+    The bath pressure rises from t_on with time constant tau_p (100 to
+    400 ms); the detuning df/dp dp follows it, with either sign, and reaches
+    x_f = sqrt((h m)^2 - 1) half bandwidths at the trip (m from 1.05 to
+    1.3): a detune angle of 45 to 70 deg.  The drive gives out when the
+    detuning crosses x_lim = sqrt(h^2 - 1), Delta (5 to 60 ms) before the
+    trip; after that the gradient sags until the interlock trips, so the
+    trip comes while the pressure still rises.  For the exponential rise
+    to pass x_lim at t_f - Delta and x_f at t_f, it starts
+
+        t_f - t_on = -tau_p ln((1 - c) / (exp(Delta / tau_p) - c)),  c = x_lim / x_f
+
+    before the trip: 25 to 250 ms.  The tuner is far too slow to follow.
+    Neighbouring cavities feel up to 15 % of the pressure.
     """
     events, cavity, t_f, f_half, headroom = (
         trips.events,
@@ -328,13 +344,15 @@ def _heat_riser_choke(
         trips.headroom,
     )
     n = len(events)
-    lead = _uniform(rng, 200.0, 1500.0, n)[:, None]
-    tau_p = _uniform(rng, 150.0, 600.0, n)[:, None]
+    tau_p = _uniform(rng, 100.0, 400.0, n)
+    delta = _uniform(rng, 5.0, 60.0, n)
+    x_final = _beyond_limit(headroom, _uniform(rng, 1.05, 1.3, n))
+    crossing = _beyond_limit(headroom, np.ones(n)) / x_final
+    lead = -tau_p * np.log((1.0 - crossing) / (np.exp(delta / tau_p) - crossing))
     sign = rng.choice([-1.0, 1.0], n)
-    final = (sign * f_half * _beyond_limit(headroom, _uniform(rng, 1.0, 1.25, n)))[
-        :, None
-    ]
+    final = (sign * f_half * x_final)[:, None]
 
+    lead, tau_p = lead[:, None], tau_p[:, None]
     since = np.clip(t[None, :] - t_f[:, None] + lead, 0.0, None)
     drift = final * -np.expm1(-since / tau_p) / -np.expm1(-lead / tau_p)
     p.detune[events, cavity, :] += drift
@@ -349,40 +367,58 @@ def _heat_riser_choke(
 def _controls_fault(
     p: Perturbations, t: FloatArray, trips: Trips, rng: np.random.Generator
 ) -> None:
-    """The drive chain after the field controller misbehaves.
+    """The field controller itself goes wrong; the field only follows.
 
-    Half the events get a spurious oscillation of the drive: from 10 to
-    80 ms before the trip its amplitude and phase are modulated at f_c
-    (60 to 300 Hz) with depths growing as exp(3 (t - t_f) / D) to 20 to 60 %
-    and 10 to 40 deg; the controller fights it, so the ask oscillates.  The
-    others get one to three drive glitches in the last 30 ms: the drive
-    drops to 30 to 90 % and its phase jumps up to +-60 deg for 0.4 to 4 ms.
+    The fault is in the low-level RF controller (its processor, its output
+    stage, a corrupted word of its loop), so the drive it puts out, which
+    the recorder logs as GASK, departs from what the cavity needs before
+    the gradient reacts, and the forward power follows the drive at once.
+    The gradient then moves with the cavity's time constant, and the
+    controller's fault detection or the gradient-low interlock opens the RF
+    switch.  Three forms, a third each:
+
+    - output collapse: 0.8 to 6 ms before the trip the output stage puts
+      out 0 to 60 % of the command, its phase off by up to +-60 deg; below
+      1 / h the loop cannot make up for it and its drive sits at the limit;
+    - wrong loop phase: 1 to 10 ms before the trip the phase the controller
+      turns its error by slips, over 0.2 to 2 ms, by 100 to 180 deg (either
+      sign), so the loop pushes the field away instead of holding it: the
+      drive runs to its limit at a wrong phase and the field falls;
+    - frozen output: 5 to 40 ms before the trip the controller stops
+      updating (a hung processor) and holds its last output: the drive
+      loses the pickup noise the loop fed into it and stops following the
+      microphonics, so the field drifts, until a watchdog trips the RF.
+
+    Contrast with Single Cav Turn off: there the controller is healthy, the
+    RF switch removes the forward power and the controller's drive rises as
+    it fights the falling gradient; here the drive changes first.  A fault
+    that a working loop would cancel (a slow drift of the output gain, say)
+    leaves no mark and is not modelled.
     """
     events, cavity, t_f = trips.events, trips.cavity, trips.t_f
     n = len(events)
-    oscillation = rng.random(n) < 0.5
-    now = t[None, :]
+    form = rng.integers(0, 3, n)
+    since = t[None, :] - t_f[:, None]
 
-    osc = np.flatnonzero(oscillation)
-    lead = _uniform(rng, 10.0, 80.0, osc.size)[:, None]
-    growth = np.exp(np.minimum(3.0 * (now - t_f[osc, None]) / lead, 0.0))
-    growth *= now >= t_f[osc, None] - lead
-    arg = 2.0 * math.pi * _uniform(rng, 60.0, 300.0, osc.size)[:, None] * now * 1e-3
-    arg = arg + rng.uniform(0.0, 2.0 * math.pi, (osc.size, 1))
-    depth = _uniform(rng, 0.2, 0.6, osc.size)[:, None] * growth
-    swing = np.radians(_uniform(rng, 10.0, 40.0, osc.size))[:, None] * growth
-    p.drive[events[osc], cavity[osc], :] *= (1.0 + depth * np.sin(arg)) * np.exp(
-        1j * swing * np.cos(arg)
+    collapse = np.flatnonzero(form == 0)
+    onset = _uniform(rng, 0.8, 6.0, collapse.size)[:, None]
+    level = _uniform(rng, 0.0, 0.6, collapse.size) * np.exp(
+        1j * np.radians(_uniform(rng, -60.0, 60.0, collapse.size))
+    )
+    p.ask[events[collapse], cavity[collapse], :] *= np.where(
+        since[collapse] >= -onset, level[:, None], 1.0
     )
 
-    gl = np.flatnonzero(~oscillation)
-    glitches = rng.integers(1, 4, gl.size)
-    for k in range(3):
-        begin = (t_f[gl] - _uniform(rng, 0.5, 30.0, gl.size))[:, None]
-        length = _uniform(rng, 0.4, 4.0, gl.size)[:, None]
-        level = _uniform(rng, 0.3, 0.9, gl.size) * np.exp(
-            1j * np.radians(_uniform(rng, -60.0, 60.0, gl.size))
-        )
-        active = (now >= begin) & (now < begin + length) & (k < glitches)[:, None]
-        p.drive[events[gl], cavity[gl], :] *= np.where(active, level[:, None], 1.0)
+    phase = np.flatnonzero(form == 1)
+    onset = _uniform(rng, 1.0, 10.0, phase.size)[:, None]
+    slip = _uniform(rng, 0.2, 2.0, phase.size)[:, None]
+    turn = rng.choice([-1.0, 1.0], phase.size) * _uniform(rng, 100.0, 180.0, phase.size)
+    progress = np.clip((since[phase] + onset) / slip, 0.0, 1.0)
+    p.loop[events[phase], cavity[phase], :] *= np.exp(
+        1j * np.radians(turn[:, None] * progress)
+    )
+
+    frozen = np.flatnonzero(form == 2)
+    onset = _uniform(rng, 5.0, 40.0, frozen.size)[:, None]
+    p.hold[events[frozen], cavity[frozen], :] |= since[frozen] >= -onset
     _rf_off(p, t, trips, rng)

@@ -9,7 +9,10 @@ physics drove a decision.
 
 Time windows, in ms relative to the trigger: ``baseline`` before -100,
 ``late`` from -20 to -1 (just before the trip), ``lead`` from -100 to -1,
-``after`` from 10 to 20.  Gradients are in MV/m, times in ms, frequencies in
+``after`` from 10 to 20, and ``fall``, the 2 ms before the cavity's own
+gradient first fell below 90 % (the 2 ms before the trigger if it never
+did).  The time axis may be unevenly spaced (finer around the trigger);
+spectra are taken on its evenly spaced part.  Gradients are in MV/m, times in ms, frequencies in
 Hz, angles in deg; ``rel`` marks a ratio to the cavity's own baseline.
 """
 
@@ -23,38 +26,54 @@ import xarray as xr
 
 from wakefield.errors import EventError
 
-__all__ = ["FEATURES", "ZONE_FEATURES", "feature_names", "trip_features"]
+__all__ = [
+    "FEATURES",
+    "ZONE_FEATURES",
+    "describe_feature",
+    "feature_names",
+    "trip_features",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
 REQUIRED_SIGNALS = ("GMES", "GASK", "CRFP", "DETA2")
 """The signals the features are computed from."""
 
-FEATURES: tuple[str, ...] = (
-    "gmes_base",  # baseline gradient, MV/m
-    "gmes_noise_rel",  # baseline rms over mean
-    "gmes_late_sag_rel",  # 1 - late mean / baseline
-    "gmes_after_rel",  # gradient left 10 to 20 ms after the trigger / baseline
-    "gmes_t90",  # first time below 90 % of baseline, ms
-    "gmes_t90_rel",  # ... minus the earliest of all cavities, ms
-    "gmes_tau_high",  # e-folding time from 90 % to 50 %, ms
-    "gmes_tau_low",  # e-folding time from 50 % to 20 %, ms
-    "gmes_late_noise_rel",  # late rms over baseline rms
-    "gask_late_rel",  # late mean / baseline - 1
-    "gask_noise_ratio",  # log of late rms over baseline rms
-    "gask_slope_rel",  # slope over the lead window, per 100 ms, relative
-    "crfp_late_rel",
-    "crfp_noise_ratio",
-    "crfp_slope_rel",
-    "deta_base",  # baseline mean detune angle, deg
-    "deta_late_shift",  # late mean minus baseline mean, deg
-    "deta_base_std",  # deg
-    "deta_lead_std",  # deg, detrended
-    "deta_growth",  # log of rms in the last 50 ms over rms before -200 ms
-    "deta_peak_freq",  # strongest line in the lead window, Hz
-    "deta_peak_amp",  # its amplitude, deg
-    "first_dev_rel",  # first departure from baseline minus the median, ms
-)
+FEATURE_TEXT: dict[str, str] = {
+    "gmes_base": "baseline gradient, MV/m",
+    "gmes_noise_rel": "baseline gradient rms over its mean",
+    "gmes_late_sag_rel": "1 - late gradient / baseline",
+    "gmes_after_rel": "gradient left 10 to 20 ms after the trigger / baseline",
+    "gmes_t90": "first time the gradient is below 90 % of baseline, ms",
+    "gmes_t90_rel": "that time minus the earliest of all cavities', ms",
+    "gmes_tau_high": "e-folding time of the gradient from 90 % to 50 %, ms",
+    "gmes_tau_low": "e-folding time of the gradient from 50 % to 20 %, ms",
+    "gmes_late_noise_rel": "late gradient rms over baseline rms",
+    "gask_late_rel": "late drive (GASK) / baseline - 1",
+    "gask_noise_ratio": "log of late drive rms over baseline rms",
+    "gask_slope_rel": "drive slope over the lead window, per 100 ms, relative",
+    "gask_fall_rel": "drive in the 2 ms before the gradient fell / baseline - 1",
+    "gask_line_ratio": "log of the drive's strongest line from -64 to -4 ms over "
+    "its baseline's",
+    "crfp_late_rel": "late forward power / baseline - 1",
+    "crfp_noise_ratio": "log of late forward power rms over baseline rms",
+    "crfp_slope_rel": "forward power slope over the lead window, per 100 ms, relative",
+    "crfp_fall_rel": "forward power in the 2 ms before the gradient fell / "
+    "baseline - 1",
+    "crfp_line_ratio": "log of the forward power's strongest line from -64 to "
+    "-4 ms over its baseline's",
+    "deta_base": "baseline mean detune angle, deg",
+    "deta_late_shift": "late mean detune angle minus baseline, deg",
+    "deta_base_std": "baseline detune angle rms, deg",
+    "deta_lead_std": "detrended detune angle rms over the last 200 ms, deg",
+    "deta_growth": "log of detune angle rms in the last 50 ms over before -200 ms",
+    "deta_peak_freq": "strongest line of the detune angle before the trip, Hz",
+    "deta_peak_amp": "its amplitude, deg",
+    "first_dev_rel": "first departure from baseline minus the median cavity's, ms",
+}
+"""What each per-cavity feature measures, with its unit."""
+
+FEATURES: tuple[str, ...] = tuple(FEATURE_TEXT)
 """Features of each cavity; a column is named ``c<cavity>_<feature>``."""
 
 FIRST_PREFIX = "first"
@@ -62,10 +81,11 @@ FIRST_PREFIX = "first"
 gradient fell first (ties go to the one with the least gradient left), so
 that a fault's signature sits in the same columns whichever cavity it hit."""
 
-ZONE_FEATURES: tuple[str, ...] = (
-    "zone_n_dropped",  # cavities below half their gradient after the trip
-    "zone_t90_spread",  # spread of the fall times of the dropped cavities, ms
-)
+ZONE_TEXT: dict[str, str] = {
+    "zone_n_dropped": "cavities below half their gradient after the trip",
+    "zone_t90_spread": "spread of the fall times of the dropped cavities, ms",
+}
+ZONE_FEATURES: tuple[str, ...] = tuple(ZONE_TEXT)
 """Features of the whole cryomodule."""
 
 _NEVER = 150.0
@@ -77,6 +97,19 @@ def feature_names(n_cavities: int = 8) -> list[str]:
     per_cavity = [f"c{c}_{f}" for c in range(1, n_cavities + 1) for f in FEATURES]
     first = [f"{FIRST_PREFIX}_{f}" for f in FEATURES]
     return per_cavity + first + list(ZONE_FEATURES)
+
+
+def describe_feature(name: str) -> str:
+    """What a column of :func:`trip_features` measures, in words."""
+    if name in ZONE_TEXT:
+        return ZONE_TEXT[name]
+    where, _, feature = name.partition("_")
+    text = FEATURE_TEXT.get(feature)
+    if text is None:
+        return name
+    if where == FIRST_PREFIX:
+        return f"cavity that fell first: {text}"
+    return f"cavity {where.removeprefix('c')}: {text}"
 
 
 def trip_features(
@@ -101,10 +134,13 @@ def trip_features(
     x = np.asarray(waveform, dtype=np.float64)
     gmes, gask, crfp, deta = (x[:, :, list(signals).index(s)] for s in REQUIRED_SIGNALS)
 
+    gradient = _gradient(gmes, times)
+    fall = _fall_window(gradient["gmes_t90"], times)
+    even = _evenly_spaced(times)
     columns = {
-        **_gradient(gmes, times),
-        **_drive("gask", gask, times),
-        **_drive("crfp", crfp, times),
+        **gradient,
+        **_drive("gask", gask, times, fall, even),
+        **_drive("crfp", crfp, times, fall, even),
         **_detune(deta, times),
     }
     columns["first_dev_rel"] = _first_departure(gmes, gask, crfp, times)
@@ -175,23 +211,70 @@ def _gradient(g: FloatArray, times: FloatArray) -> dict[str, FloatArray]:
     }
 
 
-def _drive(name: str, y: FloatArray, times: FloatArray) -> dict[str, FloatArray]:
+def _fall_window(t90: FloatArray, times: FloatArray) -> npt.NDArray[np.bool_]:
+    """Per event and cavity, the 2 ms before the gradient fell (or the trigger)."""
+    end = np.minimum(t90, 0.0)[..., None]
+    return (times >= end - 2.0) & (times < end)
+
+
+def _drive(
+    name: str,
+    y: FloatArray,
+    times: FloatArray,
+    fall: npt.NDArray[np.bool_],
+    even: npt.NDArray[np.bool_],
+) -> dict[str, FloatArray]:
     base_w = times < -100.0
     base = np.maximum(np.abs(y[..., base_w].mean(axis=-1)), 1e-6)
     noise = np.maximum(y[..., base_w].std(axis=-1), 1e-6)
     late = y[..., _window(times, -20.0, -1.0)]
     lead_w = _window(times, -100.0, -1.0)
     slope = np.polyfit(times[lead_w], y[..., lead_w].reshape(-1, lead_w.sum()).T, 1)[0]
+    at_fall = (y * fall).sum(axis=-1) / np.maximum(fall.sum(axis=-1), 1)
     return {
         f"{name}_late_rel": late.mean(axis=-1) / base - 1.0,
         f"{name}_noise_ratio": np.log(np.maximum(late.std(axis=-1), 1e-6) / noise),
         f"{name}_slope_rel": slope.reshape(base.shape) * 100.0 / base,
+        f"{name}_fall_rel": at_fall / base - 1.0,
+        f"{name}_line_ratio": np.log(
+            _line(y, times, even, -64.0, -4.0) / _line(y, times, even, -400.0, -100.0)
+        ),
     }
+
+
+def _line(
+    y: FloatArray,
+    times: FloatArray,
+    even: npt.NDArray[np.bool_],
+    low: float,
+    high: float,
+) -> FloatArray:
+    """Amplitude of the strongest line of ``y`` between ``low`` and ``high`` ms
+    (detrended, Hann window, evenly spaced samples), relative to its mean."""
+    w = _window(times, low, high) & even
+    segment = y[..., w]
+    tl = times[w]
+    coef = np.polyfit(tl, segment.reshape(-1, tl.size).T, 1)
+    trend = (coef[0][:, None] * tl[None, :] + coef[1][:, None]).reshape(segment.shape)
+    hann = np.hanning(tl.size)
+    spectrum = np.abs(np.fft.rfft((segment - trend) * hann, axis=-1))[..., 1:]
+    scale = np.maximum(np.abs(segment.mean(axis=-1)), 1e-6)
+    return np.asarray(
+        np.maximum(2.0 * spectrum.max(axis=-1) / hann.sum() / scale, 1e-6),
+        dtype=np.float64,
+    )
+
+
+def _evenly_spaced(times: FloatArray) -> npt.NDArray[np.bool_]:
+    """The samples on the time axis's coarsest even lattice (all, if even)."""
+    step = float(np.max(np.diff(times)))
+    offset = (times - times[0]) / step
+    return np.asarray(np.abs(offset - np.round(offset)) < 1e-3, dtype=bool)
 
 
 def _detune(d: FloatArray, times: FloatArray) -> dict[str, FloatArray]:
     base_w = times < -100.0
-    lead_w = _window(times, -200.0, -1.0)
+    lead_w = _window(times, -200.0, -1.0) & _evenly_spaced(times)
     late = d[..., _window(times, -20.0, -1.0)]
     early = d[..., times < -200.0]
     last = d[..., _window(times, -50.0, -1.0)]

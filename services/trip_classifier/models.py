@@ -20,6 +20,7 @@ forest from an ``.npz`` read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -36,7 +37,16 @@ from wakefield.errors import EventError, ServiceError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CnnConfig", "Normalizer", "TreeEnsemble", "TripCNN", "load_cnn", "save_cnn"]
+__all__ = [
+    "CnnConfig",
+    "Normalizer",
+    "TreeEnsemble",
+    "TripCNN",
+    "cnn_files",
+    "cnn_from_files",
+    "load_cnn",
+    "save_cnn",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -94,7 +104,7 @@ class CnnConfig(StrictModel):
     """Stride of each block: how much it shortens the time axis."""
     kernel: int = Field(default=5, ge=3)
     embedding: int = Field(default=48, ge=8)
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
 
 
 class TripCNN(nn.Module):
@@ -162,28 +172,57 @@ class TripCNN(nn.Module):
         return cavity_logits, fault_logits
 
 
+def cnn_files(
+    model: TripCNN, normalizer: Normalizer, meta: dict[str, Any]
+) -> dict[str, bytes]:
+    """``cnn.json`` (architecture, normalisation, ``meta``) and ``cnn.pt`` as bytes."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    spec = {"config": model.config.dump(), "normalizer": normalizer.dump(), **meta}
+    return {
+        "cnn.json": json.dumps(spec, indent=2).encode(),
+        "cnn.pt": buffer.getvalue(),
+    }
+
+
+def cnn_from_files(
+    files: dict[str, bytes],
+) -> tuple[TripCNN, Normalizer, dict[str, Any]]:
+    """The CNN, its normaliser and its metadata from :func:`cnn_files`' bytes.
+
+    The weights are read with ``torch.load(weights_only=True)``: no code in
+    them is ever run.
+    """
+    try:
+        spec = json.loads(files["cnn.json"])
+        state = torch.load(
+            io.BytesIO(files["cnn.pt"]), weights_only=True, map_location="cpu"
+        )
+        model = TripCNN(CnnConfig.load(spec.pop("config")))
+        model.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ServiceError(f"cannot load the trip CNN: {exc}") from exc
+    model.eval()
+    normalizer = Normalizer.load(spec.pop("normalizer"))
+    return model, normalizer, spec
+
+
 def save_cnn(
     model: TripCNN, normalizer: Normalizer, folder: Path, meta: dict[str, Any]
 ) -> None:
     """Write ``cnn.json`` (architecture, normalisation, ``meta``) and ``cnn.pt``."""
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "cnn.pt")
-    spec = {"config": model.config.dump(), "normalizer": normalizer.dump(), **meta}
-    (folder / "cnn.json").write_text(json.dumps(spec, indent=2))
+    for name, data in cnn_files(model, normalizer, meta).items():
+        (folder / name).write_bytes(data)
 
 
 def load_cnn(folder: Path) -> tuple[TripCNN, Normalizer, dict[str, Any]]:
     """The CNN, its normaliser and its metadata, as :func:`save_cnn` wrote them."""
     try:
-        spec = json.loads((folder / "cnn.json").read_text())
-        state = torch.load(folder / "cnn.pt", weights_only=True, map_location="cpu")
-    except (OSError, ValueError, RuntimeError) as exc:
+        files = {name: (folder / name).read_bytes() for name in ("cnn.json", "cnn.pt")}
+    except OSError as exc:
         raise ServiceError(f"cannot load the trip CNN from {folder}: {exc}") from exc
-    model = TripCNN(CnnConfig.load(spec.pop("config")))
-    model.load_state_dict(state)
-    model.eval()
-    normalizer = Normalizer.load(spec.pop("normalizer"))
-    return model, normalizer, spec
+    return cnn_from_files(files)
 
 
 class TreeEnsemble:
@@ -255,12 +294,7 @@ class TreeEnsemble:
 
     def predict_proba(self, x: FloatArray) -> FloatArray:
         """Class probabilities, shape (events, classes): the trees' mean."""
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
-            raise EventError(
-                f"features have shape {x.shape}; this forest reads "
-                f"(events, {len(self.feature_names)})"
-            )
+        x = self._check(x)
         node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
         rows = np.arange(len(x))[:, None]
         while True:
@@ -273,11 +307,53 @@ class TreeEnsemble:
             node = np.where(inner, step, node)
         return np.asarray(self.value[node].mean(axis=1), dtype=np.float64)
 
-    def save(self, path: Path) -> None:
-        """Write the arrays to ``<path>.npz`` and the names to ``<path>.json``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def contributions(
+        self, x: FloatArray, target: npt.NDArray[np.int64]
+    ) -> tuple[FloatArray, FloatArray]:
+        """Each feature's share of the probability of class ``target[i]``.
+
+        Along every tree's path, each split moves the probability of the
+        target class from the parent node's value to the child's; the move
+        is credited to the feature the split tests.  Averaged over the
+        trees, the base (the root's value) plus the contributions is exactly
+        :meth:`predict_proba`'s probability of that class (Saabas's
+        decomposition of a forest).  Returns (base (events,), contributions
+        (events, features)).
+        """
+        x = self._check(x)
+        target = np.asarray(target, dtype=np.int64)[:, None]
+        node = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
+        rows = np.broadcast_to(np.arange(len(x))[:, None], node.shape)
+        base = self.value[node, target].mean(axis=1)
+        share = np.zeros((len(x), len(self.feature_names)))
+        while True:
+            feature = self.feature[node]
+            inner = feature >= 0
+            if not inner.any():
+                break
+            tested = np.where(inner, feature, 0)
+            goes_left = x[rows, tested] <= self.threshold[node]
+            step = np.where(goes_left, self.left[node], self.right[node])
+            child = np.where(inner, step, node)
+            moved = self.value[child, target] - self.value[node, target]
+            np.add.at(share, (rows[inner], tested[inner]), moved[inner])
+            node = child
+        return np.asarray(base, dtype=np.float64), share / len(self.roots)
+
+    def _check(self, x: FloatArray) -> FloatArray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.feature_names):
+            raise EventError(
+                f"features have shape {x.shape}; this forest reads "
+                f"(events, {len(self.feature_names)})"
+            )
+        return x
+
+    def to_files(self, name: str) -> dict[str, bytes]:
+        """The arrays as ``<name>.npz`` and the names as ``<name>.json``, in bytes."""
+        buffer = io.BytesIO()
         np.savez_compressed(
-            path.with_suffix(".npz"),
+            buffer,
             roots=self.roots,
             feature=self.feature,
             threshold=self.threshold,
@@ -287,20 +363,41 @@ class TreeEnsemble:
             importances=self.importances,
         )
         names = {"classes": self.classes, "feature_names": self.feature_names}
-        path.with_suffix(".json").write_text(json.dumps(names, indent=2))
+        return {
+            f"{name}.npz": buffer.getvalue(),
+            f"{name}.json": json.dumps(names, indent=2).encode(),
+        }
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes], name: str) -> TreeEnsemble:
+        """Read what :meth:`to_files` wrote; no pickle is ever loaded."""
+        try:
+            names = json.loads(files[f"{name}.json"])
+            with np.load(io.BytesIO(files[f"{name}.npz"]), allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except (KeyError, OSError, ValueError) as exc:
+            raise ServiceError(f"cannot load the tree ensemble {name}: {exc}") from exc
+        return cls(
+            **data, classes=names["classes"], feature_names=names["feature_names"]
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the arrays to ``<path>.npz`` and the names to ``<path>.json``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for name, data in self.to_files(path.name).items():
+            (path.parent / name).write_bytes(data)
 
     @classmethod
     def load(cls, path: Path) -> TreeEnsemble:
         """Read what :meth:`save` wrote; no pickle is ever loaded."""
         try:
-            names = json.loads(path.with_suffix(".json").read_text())
-            with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
-                data = {k: arrays[k] for k in arrays.files}
-        except (OSError, ValueError) as exc:
+            files = {
+                f"{path.name}{suffix}": path.with_suffix(suffix).read_bytes()
+                for suffix in (".json", ".npz")
+            }
+        except OSError as exc:
             raise ServiceError(f"cannot load the tree ensemble {path}: {exc}") from exc
-        return cls(
-            **data, classes=names["classes"], feature_names=names["feature_names"]
-        )
+        return cls.from_files(files, path.name)
 
 
 def predict_cnn(

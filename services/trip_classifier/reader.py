@@ -34,7 +34,7 @@ from wakefield.services.simulators.srf import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_trip_event", "to_grid"]
+__all__ = ["at_times", "read_trip_event", "to_grid"]
 
 N_CAVITIES = 8
 _FILE = re.compile(
@@ -88,20 +88,33 @@ def to_grid(event: xr.Dataset, grid: RecordGrid | None = None) -> xr.Dataset:
     The record must have the recorder's 0.2 ms spacing and cover the grid's
     window; the result has the grid's ``time`` axis exactly.
     """
-    grid = grid or RecordGrid()
+    return at_times(event, (grid or RecordGrid()).times)
+
+
+def at_times(event: xr.Dataset, times: npt.NDArray[np.float64]) -> xr.Dataset:
+    """The samples of a full-rate record at ``times`` (ms, on its 0.2 ms grid).
+
+    Raises :class:`~wakefield.errors.TripDataError` if the record is not
+    sampled every 0.2 ms or does not cover ``times``.
+    """
     t = event["time"].values
     step = float(t[1] - t[0]) if t.size > 1 else float("nan")
     if not abs(step - RECORD_STEP) < _STEP_TOLERANCE:
         raise TripDataError(
-            f"the record's sample spacing is {step} ms; the classifier's grid "
-            f"takes every {grid.decimation}th sample of a {RECORD_STEP} ms record"
+            f"the record's sample spacing is {step} ms; a classifier's grid "
+            f"takes its samples from a record with the recorder's {RECORD_STEP} ms"
         )
-    wanted = grid.times
+    wanted = np.asarray(times, dtype=np.float64)
     index = np.round((wanted - t[0]) / step).astype(np.int64)
     if index[0] < 0 or index[-1] >= t.size:
         raise TripDataError(
             f"the record spans {t[0]} to {t[-1]} ms; the grid needs "
             f"{wanted[0]} to {wanted[-1]} ms. Use a grid inside the record."
+        )
+    if np.abs(t[index] - wanted).max() > _STEP_TOLERANCE:
+        raise TripDataError(
+            f"the grid's times are not sample times of the record (it starts at "
+            f"{t[0]} ms, every {step} ms)"
         )
     picked = event.isel(time=index)
     return picked.assign_coords(time=("time", wanted, event["time"].attrs))

@@ -6,7 +6,13 @@ signal, time; ``fault`` and ``cavity_label`` as integer codes with their
 ``categories``), splits it into train, validation and test sets stratified
 by fault type and cavity, trains both models with class weights against
 imbalance (the CNN with early stopping on the validation loss), measures
-them on the test set and decides whether the CNN may be promoted.
+them on the test set and decides whether the served model may be promoted.
+
+The served model combines the two: a weighted mean of the CNN's and the
+forest's class probabilities, the weight chosen on the validation events
+(the CNN's predictions there, and the forest's out-of-bag predictions, as
+the forest is fitted on them) to minimise the log loss.  Samples that a
+simulation flagged (``status`` not 0) are left out.
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,7 +45,8 @@ from .metrics import (
     classification_report,
     promotion_decision,
 )
-from .models import CnnConfig, Normalizer, TreeEnsemble, TripCNN, predict_cnn, save_cnn
+from .models import CnnConfig, Normalizer, TreeEnsemble, TripCNN, predict_cnn
+from .serving import TripModel
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,9 @@ __all__ = [
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+
+OnEpoch = Callable[[int, int, dict[str, float]], None]
+"""Called after each CNN epoch with (epoch, most epochs, that epoch's history)."""
 
 
 class TrainConfig(StrictModel):
@@ -67,7 +78,10 @@ class TrainConfig(StrictModel):
     """Epochs without a lower validation loss before training stops."""
     batch_size: int = Field(default=64, ge=1)
     learning_rate: float = Field(default=2e-3, gt=0.0)
-    weight_decay: float = Field(default=1e-4, ge=0.0)
+    noise: float = Field(default=0.02, ge=0.0, le=1.0)
+    """Standard deviation of Gaussian noise added to the CNN's normalised
+    training inputs each batch (a fraction of the baseline; angles / 90 deg)."""
+    weight_decay: float = Field(default=1e-3, ge=0.0)
     balance: Literal["class_weights", "none"] = "class_weights"
     """Weight each class by n / (classes * count) in the losses, or not."""
     cnn: CnnConfig = CnnConfig()
@@ -76,6 +90,8 @@ class TrainConfig(StrictModel):
     min_samples_leaf: int = Field(default=1, ge=1)
     threads: int = Field(default=1, ge=1)
     """CPU threads for torch and scikit-learn."""
+    serve: Literal["ensemble", "cnn", "trees"] = "ensemble"
+    """What is served and judged by the gate: both models combined, or one."""
     gate: PromotionGate = PromotionGate()
 
 
@@ -125,33 +141,88 @@ class TrainingResult:
     cavity_labels: list[str]
     history: list[dict[str, float]]
     metrics: dict[str, ClassificationReport]
-    """``cnn_``, ``trees_`` and ``ensemble_`` (their mean probability) ``fault``
-    and ``cavity`` reports on the test set."""
+    """``cnn_``, ``trees_`` and ``ensemble_`` (the weighted combination)
+    ``fault`` and ``cavity`` reports on the test set."""
     decision: PromotionDecision
+    times: FloatArray
+    """The time grid the models read, ms."""
+    signals: tuple[str, ...]
+    weights: dict[str, float]
+    """The CNN's weight in the served probabilities, per task (``fault``,
+    ``cavity``); 1 serves the CNN alone, 0 the forest alone."""
+    served: str = "ensemble"
     timings: dict[str, float] = field(default_factory=dict)
     """Training seconds and inference events per second of each model."""
 
-    def save(self, folder: Path) -> None:
-        """Write both models, the metrics and the history (no pickle)."""
-        meta = {"fault_types": self.fault_types, "cavity_labels": self.cavity_labels}
-        save_cnn(self.cnn, self.normalizer, folder, meta)
-        self.fault_forest.save(folder / "fault_forest")
-        self.cavity_forest.save(folder / "cavity_forest")
-        report = {
+    def model(self, info: dict[str, Any] | None = None) -> TripModel:
+        """The served model, ready to classify or to be published."""
+        return TripModel(
+            cnn=self.cnn,
+            normalizer=self.normalizer,
+            fault_forest=self.fault_forest,
+            cavity_forest=self.cavity_forest,
+            fault_types=self.fault_types,
+            cavity_labels=self.cavity_labels,
+            times=self.times,
+            signals=self.signals,
+            weights=self.weights,
+            info={**self.summary(), **(info or {})},
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The served model's headline figures on the test set."""
+        fault = self.metrics[f"{self.served}_fault"]
+        cavity = self.metrics[f"{self.served}_cavity"]
+        return {
+            "served": self.served,
+            "promoted": self.decision.promoted,
+            "reasons": self.decision.reasons,
+            "fault_macro_f1": fault.macro_f1,
+            "fault_recall": fault.recall_of(),
+            "cavity_accuracy": cavity.accuracy,
+            "test_events": int(self.split.test.size),
+        }
+
+    def report(self) -> dict[str, Any]:
+        """Metrics, the decision, the learning curve and timings, as JSON data."""
+        return {
+            "served": self.served,
+            "weights": self.weights,
             "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
             "promoted": self.decision.promoted,
             "reasons": self.decision.reasons,
             "history": self.history,
             "timings": self.timings,
+            "split": {
+                "train": int(self.split.train.size),
+                "validation": int(self.split.validation.size),
+                "test": int(self.split.test.size),
+            },
         }
-        (folder / "metrics.json").write_text(json.dumps(report, indent=2))
+
+    def files(self) -> dict[str, bytes]:
+        """The served model's files and ``metrics.json`` (no pickle)."""
+        return {
+            **self.model().to_files(),
+            "metrics.json": json.dumps(self.report(), indent=2).encode(),
+        }
+
+    def save(self, folder: Path) -> None:
+        """Write both models, the metrics and the history (no pickle)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in self.files().items():
+            (folder / name).write_bytes(data)
 
 
 def train_trip_classifier(
-    ds: xr.Dataset, config: TrainConfig | None = None
+    ds: xr.Dataset,
+    config: TrainConfig | None = None,
+    *,
+    on_epoch: OnEpoch | None = None,
 ) -> TrainingResult:
     """Train and judge both models on a labelled trip dataset."""
     config = config or TrainConfig()
+    ds = _usable(ds)
     fault_types, cavity_labels = _categories(ds)
     fault = ds["fault"].values.astype(np.int64)
     cavity = ds["cavity_label"].values.astype(np.int64)
@@ -165,10 +236,9 @@ def train_trip_classifier(
 
     signals = tuple(str(s) for s in ds["signal"].values)
     normalizer = Normalizer(signals=signals)
-    times = ds["time"].values
-    x = normalizer(
-        ds["waveform"].transpose("sample", "cavity", "signal", "time").values, times
-    )
+    times = np.asarray(ds["time"].values, dtype=np.float64)
+    waveform = ds["waveform"].transpose("sample", "cavity", "signal", "time").values
+    x = normalizer(waveform, times)
     features = dataset_features(ds)
     names = [str(n) for n in features["feature"].values]
 
@@ -183,11 +253,11 @@ def train_trip_classifier(
                 "n_faults": len(fault_types),
             }
         )
-        cnn, history = _train_cnn(x, fault, cavity, split, config, cnn_config)
+        cnn, history = _train_cnn(x, fault, cavity, split, config, cnn_config, on_epoch)
         cnn_seconds = time.perf_counter() - begin
 
         begin = time.perf_counter()
-        fault_forest, cavity_forest = _train_forests(
+        forests, out_of_bag = _train_forests(
             features.values,
             names,
             fault,
@@ -199,10 +269,11 @@ def train_trip_classifier(
         )
         tree_seconds = time.perf_counter() - begin
 
+        weights = _combination(cnn, x, out_of_bag, fault, cavity, split, config)
         metrics, rates = _evaluate(
             cnn,
-            fault_forest,
-            cavity_forest,
+            forests,
+            weights,
             x,
             features.values,
             fault,
@@ -215,30 +286,52 @@ def train_trip_classifier(
         torch.set_num_threads(threads)
 
     decision = promotion_decision(
-        metrics["cnn_fault"], metrics["cnn_cavity"], config.gate
+        metrics[f"{config.serve}_fault"], metrics[f"{config.serve}_cavity"], config.gate
     )
     log.info(
         "trip classifier trained on %s events: fault macro-F1 %.3f (CNN), "
-        "%.3f (forest); cavity accuracy %.3f (CNN), %.3f (forest)",
+        "%.3f (forest), %.3f (served %s, CNN weight %.2f); cavity accuracy %.3f "
+        "(served)",
         split.train.size,
         metrics["cnn_fault"].macro_f1,
         metrics["trees_fault"].macro_f1,
-        metrics["cnn_cavity"].accuracy,
-        metrics["trees_cavity"].accuracy,
+        metrics[f"{config.serve}_fault"].macro_f1,
+        config.serve,
+        weights["fault"],
+        metrics[f"{config.serve}_cavity"].accuracy,
     )
     return TrainingResult(
         cnn=cnn,
         normalizer=normalizer,
-        fault_forest=fault_forest,
-        cavity_forest=cavity_forest,
+        fault_forest=forests[0],
+        cavity_forest=forests[1],
         split=split,
         fault_types=fault_types,
         cavity_labels=cavity_labels,
         history=history,
         metrics=metrics,
         decision=decision,
+        times=times,
+        signals=signals,
+        weights=weights,
+        served=config.serve,
         timings={"cnn_train_s": cnn_seconds, "trees_train_s": tree_seconds, **rates},
     )
+
+
+def _usable(ds: xr.Dataset) -> xr.Dataset:
+    """The samples a simulation did not flag."""
+    if "status" not in ds or "sample" not in ds["status"].dims:
+        return ds
+    good = np.asarray(ds["status"].values) == 0
+    if not good.all():
+        log.warning("leaving out %s flagged samples of %s", (~good).sum(), good.size)
+    if good.sum() < 20:
+        raise ServiceError(
+            f"the training dataset has {int(good.sum())} usable samples of "
+            f"{good.size} (the others are flagged failed); at least 20 are needed"
+        )
+    return ds.isel(sample=np.flatnonzero(good))
 
 
 def _categories(ds: xr.Dataset) -> tuple[list[str], list[str]]:
@@ -275,6 +368,7 @@ def _train_cnn(
     split: Split,
     config: TrainConfig,
     cnn_config: CnnConfig,
+    on_epoch: OnEpoch | None = None,
 ) -> tuple[TripCNN, list[dict[str, float]]]:
     """Adam on the sum of both cross-entropies; keeps the best validation epoch."""
     torch.manual_seed(config.seed)
@@ -304,7 +398,10 @@ def _train_cnn(
         total = 0.0
         for begin in range(0, order.size, config.batch_size):
             batch = torch.as_tensor(order[begin : begin + config.batch_size])
-            c, f = model(data[batch])
+            inputs = data[batch]
+            if config.noise:
+                inputs = inputs + config.noise * torch.randn_like(inputs)
+            c, f = model(inputs)
             loss = cavity_loss(c, yc[batch]) + fault_loss(f, yf[batch])
             optimizer.zero_grad()
             loss.backward()
@@ -331,6 +428,8 @@ def _train_cnn(
                 }
             )
         log.debug("epoch %s: %s", epoch + 1, history[-1])
+        if on_epoch is not None:
+            on_epoch(epoch + 1, config.epochs, history[-1])
         if val_loss < best:
             best, stale = val_loss, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -354,9 +453,12 @@ def _train_forests(
     config: TrainConfig,
     fault_types: list[str],
     cavity_labels: list[str],
-) -> tuple[TreeEnsemble, TreeEnsemble]:
-    """One random forest for the fault type, one for the cavity, both exported."""
-    forests = []
+) -> tuple[tuple[TreeEnsemble, TreeEnsemble], tuple[FloatArray, FloatArray]]:
+    """One random forest for the fault type, one for the cavity, both exported;
+    and their out-of-bag probabilities on the validation events."""
+    forests, out_of_bag = [], []
+    # The validation set is not needed for early stopping here: use it.
+    fit = np.concatenate([split.train, split.validation])
     for y, classes in ((fault, fault_types), (cavity, cavity_labels)):
         forest = RandomForestClassifier(
             n_estimators=config.trees,
@@ -364,18 +466,61 @@ def _train_forests(
             class_weight="balanced" if config.balance == "class_weights" else None,
             random_state=config.seed,
             n_jobs=config.threads,
+            oob_score=True,
         )
-        # The validation set is not needed for early stopping here: use it.
-        fit = np.concatenate([split.train, split.validation])
         forest.fit(features[fit], y[fit])
         forests.append(TreeEnsemble.from_sklearn(forest, classes, names))
-    return forests[0], forests[1]
+        # Out-of-bag: each event judged by the trees that did not see it.
+        oob = np.zeros((fit.size, len(classes)))
+        oob[:, forest.classes_.astype(int)] = np.nan_to_num(
+            forest.oob_decision_function_, nan=1.0 / forest.classes_.size
+        )
+        out_of_bag.append(oob[split.train.size :])
+    return (forests[0], forests[1]), (out_of_bag[0], out_of_bag[1])
+
+
+def _combination(
+    cnn: TripCNN,
+    x: FloatArray,
+    out_of_bag: tuple[FloatArray, FloatArray],
+    fault: IntArray,
+    cavity: IntArray,
+    split: Split,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """The CNN's weight for each task, chosen on the validation events.
+
+    The weight with the best validation macro-F1 wins; among equals, the
+    one with the lower log loss.  The CNN is prone to be confidently wrong
+    where the forest is not, which the log loss alone would not weigh.
+    """
+    if config.serve != "ensemble":
+        weight = 1.0 if config.serve == "cnn" else 0.0
+        return {"fault": weight, "cavity": weight}
+    cavity_prob, fault_prob = predict_cnn(cnn, x[split.validation])
+    grid = np.linspace(0.0, 1.0, 21)
+    weights = {}
+    for task, cnn_p, tree_p, y in (
+        ("fault", fault_prob, out_of_bag[0], fault[split.validation]),
+        ("cavity", cavity_prob, out_of_bag[1], cavity[split.validation]),
+    ):
+        rows = np.arange(y.size)
+        labels = [str(c) for c in range(cnn_p.shape[1])]
+        scores = []
+        for w in grid:
+            mixed = w * cnn_p + (1 - w) * tree_p
+            f1 = classification_report(y, mixed.argmax(1), labels).macro_f1
+            loss = -np.log(np.maximum(mixed[rows, y], 1e-6)).mean()
+            scores.append((round(f1, 6), -loss))
+        weights[task] = float(grid[max(range(grid.size), key=scores.__getitem__)])
+    log.info("CNN weights in the served probabilities: %s", weights)
+    return weights
 
 
 def _evaluate(
     cnn: TripCNN,
-    fault_forest: TreeEnsemble,
-    cavity_forest: TreeEnsemble,
+    forests: tuple[TreeEnsemble, TreeEnsemble],
+    weights: dict[str, float],
     x: FloatArray,
     features: FloatArray,
     fault: IntArray,
@@ -388,30 +533,26 @@ def _evaluate(
     cavity_prob, fault_prob = predict_cnn(cnn, x[test])
     cnn_rate = test.size / (time.perf_counter() - begin)
     begin = time.perf_counter()
-    tree_fault = fault_forest.predict_proba(features[test])
-    tree_cavity = cavity_forest.predict_proba(features[test])
+    tree_fault = forests[0].predict_proba(features[test])
+    tree_cavity = forests[1].predict_proba(features[test])
     tree_rate = test.size / (time.perf_counter() - begin)
 
-    metrics = {
-        "cnn_fault": classification_report(
-            fault[test], fault_prob.argmax(1), fault_types
-        ),
-        "cnn_cavity": classification_report(
-            cavity[test], cavity_prob.argmax(1), cavity_labels
-        ),
-        "trees_fault": classification_report(
-            fault[test], tree_fault.argmax(1), fault_types
-        ),
-        "trees_cavity": classification_report(
-            cavity[test], tree_cavity.argmax(1), cavity_labels
+    wf, wc = weights["fault"], weights["cavity"]
+    probabilities = {
+        "cnn": (fault_prob, cavity_prob),
+        "trees": (tree_fault, tree_cavity),
+        "ensemble": (
+            wf * fault_prob + (1 - wf) * tree_fault,
+            wc * cavity_prob + (1 - wc) * tree_cavity,
         ),
     }
-    # The two models together: the mean of their probabilities.
-    metrics["ensemble_fault"] = classification_report(
-        fault[test], (fault_prob + tree_fault).argmax(1), fault_types
-    )
-    metrics["ensemble_cavity"] = classification_report(
-        cavity[test], (cavity_prob + tree_cavity).argmax(1), cavity_labels
-    )
+    metrics = {}
+    for name, (pf, pc) in probabilities.items():
+        metrics[f"{name}_fault"] = classification_report(
+            fault[test], pf.argmax(1), fault_types
+        )
+        metrics[f"{name}_cavity"] = classification_report(
+            cavity[test], pc.argmax(1), cavity_labels
+        )
     rates = {"cnn_events_per_s": cnn_rate, "trees_events_per_s": tree_rate}
     return metrics, rates

@@ -903,7 +903,7 @@ def batch_to_dataset(
     }
     data: dict[str, xr.Variable] = {}
     for out in simulator.outputs():
-        attrs = {"units": out.unit, "long_name": out.description}
+        attrs: dict[str, Any] = {"units": out.unit, "long_name": out.description}
         if out.categories:
             attrs["categories"] = list(out.categories)
         data[out.name] = xr.Variable(

@@ -326,7 +326,10 @@ class Normalisation:
             out = _where(mask, _call("exp", _where(mask, t, _zeros_like(t))), out)
         if "asinh" in self.transforms:
             mask = self._mask(t, "asinh")
-            out = _where(mask, _like(t, self.asinh_scale) * _call("sinh", t), out)
+            # sinh only where it applies: elsewhere t can be huge, and an
+            # overflow there would turn the unused branch's gradient into NaN.
+            inner = _where(mask, t, _zeros_like(t))
+            out = _where(mask, _like(t, self.asinh_scale) * _call("sinh", inner), out)
         return out
 
     def scale_inputs(self, x: ArrayT) -> ArrayT:

@@ -53,13 +53,19 @@ TUNED: dict[str, Any] = {
         "bc2_chirp": "asinh",
         "chirp": "asinh",
     },
-    "network": {"hidden": [128, 128, 128, 128], "activation": "tanh"},
+    "network": {
+        "hidden": [128, 128, 128, 128],
+        "activation": "tanh",
+        "image_head": "pca",
+        "image_components": 128,
+    },
     "optimizer": {"name": "adam", "lr": 0.002},
     "schedule": {"name": "cosine"},
     "training": {"epochs": 800, "batch_size": 64, "patience": None, "seed": 0},
     "uncertainty": {"method": "ensemble", "members": 3},
 }
-"""The configuration of workflows/linac-surrogate.yaml, without the image."""
+"""The configuration of workflows/linac-surrogate.yaml (its image, ``lps``,
+is added by :func:`measure`)."""
 
 SCAN = """\
     apiVersion: wakefield/v1

@@ -142,9 +142,11 @@ def test_flagged_samples_are_left_out() -> None:
     assert model.normalisation.output_high[0] < 10
 
 
-@pytest.mark.parametrize("method", ["ensemble", "mc_dropout"])
+@pytest.mark.parametrize(
+    ("method", "head"), [("ensemble", "deconv"), ("mc_dropout", "pca")]
+)
 def test_artifact_reloaded_in_another_process_predicts_the_same(
-    tmp_path: Path, method: str
+    tmp_path: Path, method: str, head: str
 ) -> None:
     """A saved model, loaded in a new Python process, gives the trained model's
     means and standard deviations (scalars and image) to 1e-6."""
@@ -153,7 +155,7 @@ def test_artifact_reloaded_in_another_process_predicts_the_same(
         analytic_scan(200),
         config(
             image="spot",
-            network={"dropout": dropout},
+            network={"dropout": dropout, "image_head": head, "image_components": 12},
             uncertainty={"method": method, "members": 2, "samples": 8},
         ),
     )
@@ -186,6 +188,24 @@ def test_artifact_reloaded_in_another_process_predicts_the_same(
     np.testing.assert_allclose(there["std"], here.std["y"], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(there["image"], here.image, rtol=1e-6, atol=1e-9)
     assert (here.std["y"] > 0).all()
+
+
+@pytest.mark.parametrize("head", ["pca", "deconv"])
+def test_image_heads_learn_the_spot(head: str) -> None:
+    """Both image heads learn the Gaussian spot: pixel R^2 above 0.9 on the
+    test samples, and the scalar y alongside it."""
+    model, metrics = train(
+        analytic_scan(400),
+        config(
+            image="spot",
+            network={"image_head": head, "image_components": 32, "hidden": [64, 64]},
+            training={"epochs": 120, "patience": 20},
+            uncertainty={"method": "none"},
+        ),
+    )
+    assert metrics.image is not None and metrics.image.r2 > 0.9, metrics.image
+    assert metrics.outputs["y"].r2 > 0.95
+    assert model.predict({"x": 0.0, "z": 1.0}).image.shape == (1, 8, 8)
 
 
 def test_artifact_holds_variables_normalisation_metrics_and_dataset(

@@ -170,7 +170,7 @@ SWAP = """\
           uses: surrogate
           config:
             network: {hidden: [32, 32]}
-            training: {epochs: 150, batch_size: 16, patience: null}
+            training: {epochs: 80, batch_size: 16, patience: null}
             uncertainty: {members: 2}
             plots: false
           subscribe: {datasets: swap.datasets}

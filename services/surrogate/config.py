@@ -30,7 +30,7 @@ Policy = Literal["error", "warn", "clip"]
 
 class NetworkConfig(StrictModel):
     """A shared trunk of fully connected layers, a linear head for the scalar
-    outputs and, for an image output, a transposed-convolution decoder."""
+    outputs and, for an image output, an image head from the trunk."""
 
     hidden: list[int] = Field(default=[64, 64, 64], min_length=1)
     """Width of each hidden layer of the trunk, input side first."""
@@ -42,10 +42,17 @@ class NetworkConfig(StrictModel):
     """Weight initialisation of linear and convolution layers; biases start at 0."""
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Dropout probability after every hidden layer of the trunk."""
+    image_head: Literal["pca", "deconv"] = "pca"
+    """``pca``: a linear layer to the coefficients of the training images'
+    leading principal components (cheap on a CPU); ``deconv``: transposed
+    convolutions from a small feature map up to the image (better at sharp
+    features that move, costlier: worth a GPU for large images)."""
+    image_components: int = Field(default=64, ge=1)
+    """Principal components the ``pca`` head predicts."""
     image_channels: int = Field(default=32, ge=1)
-    """Channels of the image decoder's first stage; halved at each upsampling."""
+    """Channels of the ``deconv`` head's first stage; halved at each upsampling."""
     image_start: int = Field(default=4, ge=1)
-    """Smallest side of the decoder's first feature map, in pixels."""
+    """Smallest side of the ``deconv`` head's first feature map, in pixels."""
 
 
 class Sgd(StrictModel):

@@ -1,12 +1,14 @@
 """The networks: a fully connected trunk with a linear head for the scalar
-outputs and, for an image output, a transposed-convolution decoder.
+outputs and, for an image output, an image head.
 
 Both heads read the trunk's last hidden layer, so the image and the scalars
-share what the trunk learns about the machine.  The decoder starts from a
-small feature map (``image_start`` pixels on its shorter side), doubles it
-with each transposed convolution until it covers the image, crops it to
-the image's shape and ends in a linear 3x3 convolution.  Everything is
-rebuilt from :class:`Architecture` and a ``state_dict``, never unpickled.
+share what the trunk learns about the machine.  Two image heads exist:
+``pca`` predicts the coefficients of the training images' leading principal
+components (a linear map, cheap on a CPU); ``deconv`` starts from a small
+feature map (``image_start`` pixels on its shorter side), doubles it with
+each transposed convolution until it covers the image, crops it to the
+image's shape and ends in a linear 3x3 convolution.  Everything is rebuilt
+from :class:`Architecture` and a ``state_dict``, never unpickled.
 """
 
 from __future__ import annotations
@@ -107,6 +109,55 @@ class ImageDecoder(nn.Module):
         return image
 
 
+class PcaDecoder(nn.Module):
+    """Latent vector to one image as the training images' mean plus a
+    combination of their leading principal components.
+
+    The mean, the components and each coefficient's scale are buffers set by
+    :meth:`set_basis` from the training images before training, and kept in
+    the ``state_dict``; only the layer to the coefficients learns.
+    """
+
+    def __init__(self, latent: int, shape: tuple[int, int], components: int) -> None:
+        super().__init__()
+        pixels = shape[0] * shape[1]
+        self.shape = shape
+        self.coefficients = nn.Linear(latent, components)
+        self.register_buffer("mean", torch.zeros(pixels))
+        self.register_buffer("basis", torch.zeros(components, pixels))
+        self.register_buffer("scale", torch.ones(components))
+
+    def set_basis(self, mean: Tensor, basis: Tensor, scale: Tensor) -> None:
+        self.mean.copy_(mean)
+        self.basis.copy_(basis)
+        self.scale.copy_(scale)
+
+    def forward(self, z: Tensor) -> Tensor:
+        c = self.coefficients(z) * self.scale
+        image: Tensor = (self.mean + c @ self.basis).view(-1, *self.shape)
+        return image
+
+
+def principal_components(
+    images: Tensor, components: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, leading components (rows) and coefficient scales of ``images``
+    (samples x rows x columns); missing components are zero rows."""
+    flat = images.reshape(len(images), -1).to(torch.float64)
+    mean = flat.mean(0)
+    kept = min(components, *flat.shape)
+    # A randomised SVD (Halko et al.), seeded: the leading components of
+    # thousands of images in seconds rather than the full decomposition.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        _, _, v = torch.svd_lowrank(flat - mean, q=min(kept + 16, *flat.shape), niter=6)
+    basis = torch.zeros(components, flat.shape[1], dtype=torch.float64)
+    basis[:kept] = v[:, :kept].T
+    scale = ((flat - mean) @ basis.T).std(0)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return mean.float(), basis.float(), scale.float()
+
+
 class SurrogateNet(nn.Module):
     """Scaled settings to scaled scalar outputs and, optionally, an image."""
 
@@ -122,9 +173,11 @@ class SurrogateNet(nn.Module):
             width = size
         self.trunk = nn.Sequential(*layers)
         self.head = nn.Linear(width, arch.outputs) if arch.outputs else None
-        self.decoder = (
-            ImageDecoder(width, arch.image_shape, config) if arch.image_shape else None
-        )
+        self.decoder: ImageDecoder | PcaDecoder | None = None
+        if arch.image_shape and config.image_head == "pca":
+            self.decoder = PcaDecoder(width, arch.image_shape, config.image_components)
+        elif arch.image_shape:
+            self.decoder = ImageDecoder(width, arch.image_shape, config)
 
     def scalars(self, x: Tensor) -> Tensor:
         """The scalar head alone (no image decoding)."""

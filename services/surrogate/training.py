@@ -57,7 +57,15 @@ from .data import (
 )
 from .metrics import Curve, Metrics, output_error
 from .model import SurrogateModel
-from .network import Architecture, Ensemble, SurrogateNet, initialise, weights
+from .network import (
+    Architecture,
+    Ensemble,
+    PcaDecoder,
+    SurrogateNet,
+    initialise,
+    principal_components,
+    weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +142,9 @@ def train(
     train_part = _tensors(parts["train"], normalisation)
     val_part = _tensors(parts["validation"], normalisation)
     ensemble = Ensemble(architecture, members)
+    basis = None
+    if train_part.image is not None and config.network.image_head == "pca":
+        basis = principal_components(train_part.image, config.network.image_components)
     curves = []
     started = time.monotonic()
     with _threads(config.training.threads):
@@ -147,6 +158,7 @@ def train(
                 m,
                 members,
                 on_epoch,
+                basis,
             )
             ensemble.members[m].load_state_dict(net.state_dict())
             curves.append(curve)
@@ -225,14 +237,18 @@ def _fit_member(
     member: int,
     members: int,
     on_epoch: EpochCallback | None,
+    basis: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[SurrogateNet, Curve]:
-    """Train one network from ``seed``; returns it with its best weights."""
+    """Train one network from ``seed``; returns it with its best weights.
+    ``basis``: the principal components a ``pca`` image head uses."""
     settings = config.training
     curve = Curve()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = SurrogateNet(architecture)
         initialise(net, config.network)
+        if basis is not None and isinstance(net.decoder, PcaDecoder):
+            net.decoder.set_basis(*basis)
         generator = torch.Generator().manual_seed(seed)
         optimizer = make_optimizer(net.parameters(), config.optimizer)
         scheduler = make_scheduler(optimizer, config.schedule, settings.epochs)

@@ -190,6 +190,8 @@ class TuneResult:
     refused: int
     message: str
     trace: list[dict[str, Any]]
+    start_index: int = 0
+    """Which of the starting points the search began from."""
 
 
 def tune(
@@ -198,11 +200,20 @@ def tune(
     method: Method = "nelder-mead",
     step: float = 0.1,
 ) -> TuneResult:
-    """Search from ``x0`` (physical units) and return the best point found."""
-    u0 = np.clip(objective.to_unit(x0), -1.0, 1.0)
+    """Search from the best of the starting points ``x0`` and return the best
+    point found.
+
+    ``x0`` is one point (settings, physical units) or several (rows): each
+    is evaluated (and counted), and the search starts from the best.
+    """
+    starts = np.atleast_2d(np.asarray(x0, float))
     message = "finished"
+    best = 0
     try:
-        start = objective(u0)
+        values = [objective(np.clip(objective.to_unit(x), -1.0, 1.0)) for x in starts]
+        best = int(np.argmin(values))
+        u0 = np.clip(objective.to_unit(starts[best]), -1.0, 1.0)
+        start = values[best]
         scipy_method = SCIPY_NAMES[method]
         bounds = [(-1.0, 1.0)] * len(u0)
         options: dict[str, Any] = {}
@@ -215,6 +226,7 @@ def tune(
             ]
             options = {
                 "initial_simplex": np.array(simplex),
+                "adaptive": len(u0) > 2,  # dimension-dependent parameters (Gao and Han)
                 "xatol": 1e-6,
                 "fatol": 1e-9,
                 "maxfev": objective.max_evaluations,
@@ -246,7 +258,9 @@ def tune(
         message = str(result.message)
     except _Stop as stop:
         message = str(stop)
-        start = objective.trace[0]["objective"] if objective.trace else PENALTY
+        first = [entry["objective"] for entry in objective.trace[: len(starts)]]
+        start = min(first, default=PENALTY)
+        best = int(np.argmin(first)) if first else 0
     if (
         objective.best_u is None
         or not math.isfinite(objective.best_f)
@@ -264,4 +278,5 @@ def tune(
         refused=objective.refused,
         message=message,
         trace=objective.trace,
+        start_index=best,
     )

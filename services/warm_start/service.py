@@ -316,10 +316,11 @@ class WarmStart(Service):
         budget = request.max_evaluations or config.max_evaluations
 
         flags = self._flags(targets)
-        start_guess = self.inverse.predict({t.name: t.value for t in targets})
+        candidates = self.inverse.propose({t.name: t.value for t in targets})
         warm = self._search(
-            targets, settings, start_guess, method, evaluator_name, budget
+            targets, settings, candidates, method, evaluator_name, budget
         )
+        start_guess = candidates[warm.start_index]
         answer: dict[str, Any] = {
             "name": request.name,
             "targets": {
@@ -333,6 +334,7 @@ class WarmStart(Service):
             "warm_start": dict(
                 zip([s.name for s in settings], start_guess.tolist(), strict=True)
             ),
+            "candidates": len(candidates),
             **_summary(warm, targets, settings),
         }
         if request.cold if request.cold is not None else config.cold_start:

@@ -240,7 +240,7 @@ ray_ports=(
     --runtime-env-agent-port=$((port + 7)) --metrics-export-port=$((port + 8))
 )
 ray_node=(
-    --block --num-cpus=@@RAY_CPUS@@ --num-gpus=@@RAY_GPUS@@
+    --block "--num-cpus=@@RAY_CPUS@@" --num-gpus=@@RAY_GPUS@@
     --temp-dir="$job_tmp/ray" --disable-usage-stats --log-style=record --log-color=false
     "${ray_ports[@]}" @@RAY_ARGS@@
 )
@@ -262,6 +262,7 @@ unset RAY_ADDRESS
 ray_steps=()
 kafka_started=0
 kafka_port=@@KAFKA_PORT@@
+# shellcheck disable=SC2317  # called by the EXIT trap
 teardown() {
     local rc=$?
     trap - EXIT INT TERM
@@ -272,18 +273,38 @@ teardown() {
     # Ending the srun steps stops the Ray nodes with every process they started.
     if ((${#ray_steps[@]})); then
         kill -TERM "${ray_steps[@]}" 2>/dev/null || true
-        for _ in $(seq 30); do
+    fi
+    # First, while there is time: scancel kills this script after KillWait.
+    rm -rf "$job_tmp"
+    if ((${#ray_steps[@]})); then
+        for _ in $(seq 10); do
             kill -0 "${ray_steps[@]}" 2>/dev/null || break
             sleep 1
         done
         kill -KILL "${ray_steps[@]}" 2>/dev/null || true
     fi
-    srun --overlap --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \
-        rm -rf "$job_tmp" 2>/dev/null || rm -rf "$job_tmp"
+    if ((SLURM_JOB_NUM_NODES > 1)); then
+        srun --overlap --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \
+            rm -rf "$job_tmp" 2>/dev/null || true
+    fi
     exit "$rc"
 }
+# scancel and the time limit send SIGTERM to every process of the job: the
+# run cancels itself; it gets a while for that before the teardown.
+run_pid=""
+# shellcheck disable=SC2317  # called by the INT and TERM trap
+stop_run() {
+    [[ -n "$run_pid" ]] || return 0
+    kill -TERM "$run_pid" 2>/dev/null || true
+    for _ in $(seq 15); do
+        kill -0 "$run_pid" 2>/dev/null || return 0
+        sleep 1
+    done
+    say "the run did not end within 15 s of SIGTERM; killing it"
+    kill -KILL "$run_pid" 2>/dev/null || true
+}
 trap teardown EXIT
-trap 'exit 143' INT TERM
+trap 'stop_run; exit 143' INT TERM
 
 # --- the Ray cluster ---------------------------------------------------------
 say "Ray head on $head_node ($head_ip:$gcs_port), workers on ${#nodes[@]} node(s) in all"
@@ -303,7 +324,8 @@ say "Ray is up: dashboard http://$head_ip:$dashboard_port"
 
 # --- the bus -----------------------------------------------------------------
 bus=@@BUS@@
-if [[ @@LOCAL_KAFKA@@ == 1 ]]; then
+local_kafka=@@LOCAL_KAFKA@@
+if [[ $local_kafka == 1 ]]; then
     @@KAFKA_BROKER@@ start --port "$kafka_port" --dir "$job_tmp/kafka"
     kafka_started=1
     bus="kafka://127.0.0.1:$kafka_port"
@@ -311,11 +333,13 @@ fi
 
 # --- the run -----------------------------------------------------------------
 say "run $run_id of @@WORKFLOW_NAME@@ on $bus; result in $result"
-set +e
 "$WAKEFIELD" run "$workflow" --ray-address "$head_ip:$gcs_port" --bus "$bus" \
-    @@RUN_FLAG@@ "$run_id" @@RUN_ARGS@@ --output json --no-progress > "$result"
-rc=$?
-set -e
+    @@RUN_FLAG@@ "$run_id" @@RUN_ARGS@@ --output json --no-progress > "$result" &
+run_pid=$!
+# In the background, so that a SIGTERM reaches the trap at once.
+rc=0
+wait "$run_pid" || rc=$?
+run_pid=""
 cat "$result"
 say "run $run_id ended with exit code $rc"
 exit "$rc"

@@ -502,8 +502,10 @@ class Run:
 def run_workflow(workflow: WorkflowBase, **options: Any) -> RunResult:
     """Run a workflow to its end in this process (see :class:`Run`)."""
     run = Run(workflow, **options)
+    run.start()
+    # After start: ray.init, inside it, puts a SIGTERM handler of its own
+    # (exit at once) in place of any set before.
     with _cancel_on_signals(run):
-        run.start()
         return run.wait()
 
 

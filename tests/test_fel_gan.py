@@ -133,7 +133,8 @@ def test_simulated_pulses_pass_against_simulated_pulses() -> None:
         reports.append(
             fidelity.compare(condition, simulated, generated, diversity_ratio=ratio)
         )
-    result = fidelity.verdict(reports)
+    # M of two sets of 4000 shots with M ~ 4 scatter by about 4 % rms.
+    result = fidelity.verdict(reports, fidelity.FidelityThresholds(modes=0.12))
     assert result.accepted, result.reasons
     assert not result.collapsed
 

@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 from scipy import stats
-from wakefield.services.fel_gan import fidelity
-from wakefield.services.simulators.sase import SaseOptions, SasePulseSimulator
 
 from wakefield import registry
 from wakefield.errors import PhysicsWarning, SimulationError
+from wakefield.services.fel_gan import fidelity
+from wakefield.services.simulators.sase import SaseOptions, SasePulseSimulator
 
 SEED = 20261203
 LINEAR = SaseOptions(saturation=False, time_window=24e-15, n_time=1024)

@@ -6,7 +6,8 @@ and generated shots per second, the training time and the fidelity table
 (mean energy, number of modes, spike count: simulated, generated, relative
 difference).  Writes the generator, a JSON report and plots to ``--out``.
 
-    .venv/bin/python bench/fel_gan.py --epochs 60 --out /tmp/fel-gan
+    python -m bench fel_gan
+    .venv/bin/python -m bench.fel_gan --epochs 60 --out /tmp/fel-gan
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import RESULTS
 from wakefield.services.fel_gan import FelGan, fidelity, plots, training
 from wakefield.services.simulators.sase import SaseOptions, SasePulseSimulator
 
@@ -92,7 +94,8 @@ def evaluate(
     return reports, gen_seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
+    """Train, judge and print; returns the verdict line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--train-shots", type=int, default=400, help="per condition")
@@ -103,11 +106,12 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--final-learning-rate", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/fel-gan"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "fel-gan")
     parser.add_argument(
         "--generator", type=Path, help="evaluate this saved generator, no training"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     sim = SasePulseSimulator(OPTIONS)
 
     start = time.perf_counter()
@@ -200,7 +204,13 @@ def main() -> None:
             default=float,
         )
     )
-    print(f"wrote {report_file}")
+    print(f"wrote {report_file} and the plots beside it")
+    return "fel-gan verdict: " + ("accepted" if verdict.accepted else "kept back")
+
+
+def run() -> str:
+    """The suite for ``python -m bench``: the defaults above."""
+    return main([])
 
 
 def _label(condition: dict[str, float]) -> str:
@@ -233,4 +243,4 @@ def print_table(reports: list[fidelity.ConditionReport]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    print(main())

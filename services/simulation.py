@@ -221,7 +221,7 @@ def run_scan(
 
     varying = [s for s in settings if s.low < s.high]
     values = sample(design, varying)
-    n = len(next(iter(values.values()))) if values else design.samples
+    n = len(next(iter(values.values()))) if values else design.samples * design.repeats
     for s in settings:
         if s.low == s.high:
             values[s.name] = np.full(n, s.low)

@@ -34,6 +34,9 @@ class Design(StrictModel):
     seed: int = Field(default=0, ge=0)
     scramble: StrictBool = True
     """Scramble Sobol and Halton points (recommended; needed for a seed to matter)."""
+    repeats: int = Field(default=1, ge=1, le=1_000_000)
+    """Samples at each design point, one after another: for simulators whose
+    every run differs (shot noise), so that each point gets a distribution."""
 
 
 def sample(design: Design, settings: list[Setting]) -> dict[str, np.ndarray]:
@@ -42,6 +45,7 @@ def sample(design: Design, settings: list[Setting]) -> dict[str, np.ndarray]:
     low = np.array([s.low for s in settings])
     high = np.array([s.high for s in settings])
     values = qmc.scale(unit, low, high) if settings else unit
+    values = np.repeat(values, design.repeats, axis=0)
     return {s.name: values[:, i].astype(np.float64) for i, s in enumerate(settings)}
 
 

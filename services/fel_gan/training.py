@@ -13,9 +13,11 @@ and their ranges, the grid, the scale fit, provenance) and
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -395,12 +397,56 @@ def _generator_step(
 # -- keeping a trained generator ---------------------------------------------
 
 
+def to_files(gan: FelGan) -> dict[str, bytes]:
+    """The generator as named files: ``config.json`` and ``generator.pt``."""
+    weights = io.BytesIO()
+    torch.save(gan.generator.state_dict(), weights)
+    return {
+        CONFIG_FILE: json.dumps(gan.config.dump(), indent=2).encode(),
+        WEIGHTS_FILE: weights.getvalue(),
+    }
+
+
+def from_files(files: Mapping[str, bytes], where: str) -> FelGan:
+    """Rebuild a generator from :func:`to_files`' files, without executing
+    pickled code; ``where`` names their origin in errors."""
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if name not in files]
+    if missing:
+        raise DatastoreError(
+            f"no fel-gan generator in {where}: {', '.join(missing)} missing; "
+            f"expected {CONFIG_FILE} and {WEIGHTS_FILE} written by save()"
+        )
+    try:
+        config = GanConfig.load(json.loads(files[CONFIG_FILE]))
+        state = torch.load(
+            io.BytesIO(files[WEIGHTS_FILE]), weights_only=True, map_location="cpu"
+        )
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise DatastoreError(
+            f"{where}: {CONFIG_FILE} is not a fel-gan config: {exc}"
+        ) from exc
+    except (RuntimeError, pickle.UnpicklingError) as exc:
+        raise DatastoreError(
+            f"{where}: {WEIGHTS_FILE} is not a state_dict: {exc}"
+        ) from exc
+    gan = FelGan(config)
+    try:
+        gan.generator.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DatastoreError(
+            f"the weights in {where} do not fit the generator that "
+            f"{CONFIG_FILE} describes: {exc}"
+        ) from exc
+    gan.generator.eval()
+    return gan
+
+
 def save(gan: FelGan, directory: str | Path) -> Path:
     """Write ``config.json`` and ``generator.pt`` into ``directory``."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps(gan.config.dump(), indent=2))
-    torch.save(gan.generator.state_dict(), folder / WEIGHTS_FILE)
+    for name, data in to_files(gan).items():
+        (folder / name).write_bytes(data)
     log.info("saved fel-gan generator to %s", folder)
     return folder
 
@@ -408,25 +454,9 @@ def save(gan: FelGan, directory: str | Path) -> Path:
 def load(directory: str | Path) -> FelGan:
     """Rebuild a generator saved by :func:`save`, without executing pickled code."""
     folder = Path(directory)
-    try:
-        config = GanConfig.load(json.loads((folder / CONFIG_FILE).read_text()))
-        state = torch.load(folder / WEIGHTS_FILE, weights_only=True, map_location="cpu")
-    except FileNotFoundError as exc:
-        raise DatastoreError(
-            f"no fel-gan generator in {folder}: {exc.filename} is missing; "
-            f"expected {CONFIG_FILE} and {WEIGHTS_FILE} written by save()"
-        ) from exc
-    except (ValidationError, json.JSONDecodeError) as exc:
-        raise DatastoreError(
-            f"{folder / CONFIG_FILE} is not a fel-gan config: {exc}"
-        ) from exc
-    gan = FelGan(config)
-    try:
-        gan.generator.load_state_dict(state)
-    except RuntimeError as exc:
-        raise DatastoreError(
-            f"the weights in {folder / WEIGHTS_FILE} do not fit the generator "
-            f"that {CONFIG_FILE} describes: {exc}"
-        ) from exc
-    gan.generator.eval()
-    return gan
+    files = {
+        name: (folder / name).read_bytes()
+        for name in (CONFIG_FILE, WEIGHTS_FILE)
+        if (folder / name).is_file()
+    }
+    return from_files(files, str(folder))

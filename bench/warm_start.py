@@ -4,7 +4,8 @@ A scan of the linac trains the surrogate and the inverse model (as in the
 main job).  Then ``TARGETS`` held-out settings, drawn at random and not in
 the scan, are simulated; their outputs are the targets, so each one is
 reachable.  Every target is tuned from the warm start and from the nominal
-settings (cold), with Nelder-Mead and with Powell, against the surrogate.
+settings (cold), with Nelder-Mead, Powell and L-BFGS-B (gradients from
+the surrogate), against the surrogate.
 Reported: the share of targets brought within tolerance and the mean number
 of objective evaluations, warm against cold; and, for a few tuned results,
 the surrogate's prediction against the simulator at the tuned settings.
@@ -26,7 +27,7 @@ from bench.report import save, table
 SCAN_SAMPLES = 2048
 TARGETS = 100
 CHECKED = 5
-METHODS = ("nelder-mead", "powell")
+METHODS = ("nelder-mead", "powell", "l-bfgs-b")
 TOLERANCES = {
     "energy": 0.002,
     "bc1_bunch_length": 0.03,

@@ -130,6 +130,19 @@ def test_two_services_pass_data_by_reference_while_another_process_subscribes(
         assert float(out_ds.x) == pytest.approx(float((in_ds.x * 2.0 + 1.0).mean()))
 
 
+def test_a_second_run_in_the_same_folder_starts_afresh(workdir: Path) -> None:
+    """Two runs of one workflow on one bus and datastore: each ticks from 0
+    and completes with its own three results."""
+    first = api.run(_workflow(HELLO))
+    second = api.run(_workflow(HELLO))
+    for result in (first, second):
+        assert result.state == "completed", result.reason
+        assert len(result.results["hello.calibrated"]) == 3
+    assert first.run_id != second.run_id
+    ticks = [e.data["tick"] for e in _events(second.bus, "hello.raw", second.run_id)]
+    assert sorted(ticks) == [0, 1, 2]
+
+
 FLAKY = """\
     apiVersion: wakefield/v1
     kind: Workflow

@@ -71,6 +71,8 @@ class ServiceHost:
         self.producer = self.bus.producer()
         self.datastore = Datastore(run["datastore_root"])
         self.ledger = Ledger(self.datastore, self.workflow.name, service)
+        # A resumed run goes on counting its ticks; a new run starts at 0.
+        self._tick_key = f"{self.run_id}/tick-{self.replica}"
         self.group = f"{self.workflow.name}.{service}"
         self.source = f"wakefield://{self.workflow.name}/{service}"
         self.outputs = dict(self.spec.publish)
@@ -190,7 +192,7 @@ class ServiceHost:
 
     def _loop(self, consumer: Any) -> None:
         ticking = self.kind.has_tick()
-        tick_state = self.ledger.state_of(f"tick-{self.replica}") if ticking else {}
+        tick_state = self.ledger.state_of(self._tick_key) if ticking else {}
         tick_number = int(tick_state.get("next", 0))
         next_tick = time.monotonic()
         while not self._stop.is_set():
@@ -239,7 +241,7 @@ class ServiceHost:
             ctx = HandlerContext(self.context, cause, outputs=self.outputs)
             delay = self._wait_for(consumer, lambda: self.service.tick(ctx))
             self._emit(cause.id, ctx, meta={"delay": delay})
-        self.ledger.save_state(f"tick-{self.replica}", {"next": number + 1})
+        self.ledger.save_state(self._tick_key, {"next": number + 1})
         return delay
 
     def _process(self, consumer: Any, record: Record) -> None:

@@ -142,6 +142,9 @@ class Run:
         self.timeout = (
             timeout if timeout is not None else (complete.timeout if complete else None)
         )
+        self._timeout_origin = (
+            "--timeout" if timeout is not None else "spec.complete.timeout"
+        )
         self.on_status = on_status
         self.on_result = on_result
         self.status = RunStatus(self.run_id)
@@ -240,7 +243,7 @@ class Run:
                 ):
                     state, reason = (
                         "failed",
-                        f"not complete after {self.timeout:.0f} s (spec.complete.timeout)",
+                        f"not complete after {self.timeout:.0f} s ({self._timeout_origin})",
                     )
                     break
                 if time.monotonic() >= next_ping:

@@ -459,3 +459,21 @@ def test_classifies_the_real_cebaf_example(
     data = ctx.emitted[0].event.data
     assert data["trip"]["source"] == "cebaf-trip" and "truth" not in data
     assert data["fault"] == verdict["fault"] and data["cavity"] == verdict["cavity"]
+
+
+def test_results_render_as_one_line_per_trip() -> None:
+    """`wakefield run` shows a result as the call, its confidences and the truth,
+    marking a wrong call."""
+    data = {
+        "trip": {"event": "e1", "sample": 3},
+        "fault": "Quench_3ms",
+        "fault_confidence": 0.97,
+        "cavity": "5",
+        "cavity_confidence": 0.99,
+        "truth": {"fault": "E_Quench", "cavity": "5"},
+    }
+    line = TripClassifier.render(Event(source="t", type=CLASSIFIED, data=data))
+    assert line == (
+        "sample 3: Quench_3ms (0.97) in cavity 5 (0.99); truth E_Quench in 5 (wrong)"
+    )
+    assert TripClassifier.render(Event(source="t", type="other", data={})) is None

@@ -105,6 +105,27 @@ class TripClassifier(Service):
         super().__init__(config, context)
         self.model: TripModel | None = None
 
+    @classmethod
+    def render(cls, event: Event) -> str | None:
+        """One line per trip: the call, its confidences, and the truth if known."""
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.type != CLASSIFIED or "fault" not in data:
+            return None
+        trip = data.get("trip", {})
+        where = f"sample {trip['sample']}" if "sample" in trip else trip.get("event")
+        line = (
+            f"{where}: {data['fault']} ({data['fault_confidence']:.2f}) in cavity "
+            f"{data['cavity']} ({data['cavity_confidence']:.2f})"
+        )
+        truth = data.get("truth")
+        if truth:
+            right = (
+                truth["fault"] == data["fault"] and truth["cavity"] == data["cavity"]
+            )
+            line += f"; truth {truth['fault']} in {truth['cavity']}"
+            line += "" if right else " (wrong)"
+        return line
+
     # Life
 
     def setup(self) -> None:

@@ -208,6 +208,19 @@ def test_promotes_a_generator_and_answers_requests_by_reference(
             "at most 100000",
         ),
         ({"shots": "many"}, "not a sampling request"),
+        (
+            {"conditions": dict(zip(NAMES, CONDITIONS[0], strict=True)), "seed": 2**64},
+            "seed",
+        ),
+        (
+            {
+                "conditions": {
+                    **dict(zip(NAMES, CONDITIONS[0], strict=True)),
+                    "peak_current": True,
+                }
+            },
+            "peak_current",
+        ),
     ],
 )
 def test_bad_requests_get_an_error_answer(
@@ -308,3 +321,40 @@ def test_workflow_simulates_trains_and_samples_over_the_bus(workdir: Path) -> No
     pulses = Datastore(result.datastore).open_dataset(answer["dataref"]["uri"])
     assert pulses["power"].shape == (50, 64)
     assert pulses.attrs["generator"] == answer["data"]["generator"]
+
+
+def test_non_finite_conditions_are_refused_even_when_extrapolating(
+    store: Datastore,
+) -> None:
+    """allow_outside lets a request sample outside the training ranges, but
+    never at NaN or infinite conditions."""
+    service = _service(store, thresholds=LENIENT, allow_outside=True)
+    dataset = Event(
+        source="t", type=DATASET_READY, dataref=store.ref("inputs/scan.zarr")
+    )
+    _handle(service, dataset, "datasets")
+    far = dict(zip(NAMES, (4000.0, 0.6e-15, 1e-4), strict=True))
+    (answer,) = _handle(service, _request(conditions=far, shots=4), "requests")
+    assert answer.type == SAMPLES and answer.data["extrapolated"]
+    (answer,) = _handle(
+        service, _request(conditions={**far, "peak_current": float("inf")}), "requests"
+    )
+    assert answer.type == SAMPLES_ERROR and "not finite" in answer.data["error"]
+
+
+def test_a_condition_named_twice_is_a_config_error() -> None:
+    """conditions must be distinct settings."""
+    with pytest.raises(Exception, match="repeated: \\['peak_current'\\]"):
+        FelGanConfig.load({"conditions": ["peak_current", "peak_current"]})
+
+
+def test_a_scan_with_no_usable_shots_says_so(tmp_path: Path) -> None:
+    """Every sample flagged: the handler fails with a reason, not a numpy error."""
+    local = Datastore(tmp_path / "data")
+    flagged = scan(4)
+    flagged["status"][:] = 1
+    local.write_dataset(flagged, "scan.zarr")
+    service = _service(local)
+    dataset = Event(source="t", type=DATASET_READY, dataref=local.ref("scan.zarr"))
+    with pytest.raises(Exception, match="no usable shots"):
+        _handle(service, dataset, "datasets")

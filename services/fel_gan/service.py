@@ -35,7 +35,14 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from pydantic import Field, StrictBool, ValidationError
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from wakefield.config import StrictModel
 from wakefield.datastore import Datastore
@@ -90,14 +97,22 @@ class FelGanConfig(StrictModel):
     plot_conditions: int = Field(default=3, ge=0)
     """Conditions plotted (spread over the tested ones)."""
 
+    @field_validator("conditions")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"each condition may appear once; repeated: {twice}")
+        return names
+
 
 class SampleRequest(StrictModel):
     """A sampling request: ``shots`` pulses at one condition."""
 
-    conditions: dict[str, float]
+    conditions: dict[str, StrictFloat | StrictInt]
     """Condition name -> value, in the units of the scan."""
-    shots: int = Field(default=100, ge=1)
-    seed: int | None = Field(default=None, ge=0)
+    shots: StrictInt = Field(default=100, ge=1)
+    seed: StrictInt | None = Field(default=None, ge=0, lt=2**63)
     """Noise seed; by default derived from the request's id, so a request
     handled again gives the same pulses."""
 
@@ -245,10 +260,29 @@ class FelGanService(Service):
         config: FelGanConfig = self.config  # type: ignore[assignment]
         if "status" in ds:  # flagged samples never train or judge
             ds = ds.isel(sample=np.flatnonzero(ds["status"].values == 0))
+        if "time" in ds.dims and ds.sizes["time"] < 16:
+            raise ServiceError(
+                f"the dataset's time axis has {ds.sizes['time']} samples; a pulse "
+                "generator needs at least 16 (simulate with a larger n_time)"
+            )
+        not_settings = [
+            n for n in config.conditions if n in ds and ds[n].dims != ("sample",)
+        ]
+        if not_settings:
+            raise ServiceError(
+                f"conditions {not_settings} are not per-sample settings of the scan; "
+                "name settings such as peak_current, bunch_length, energy_spread"
+            )
         try:
-            return PulseDataset.from_xarray(ds.load(), config.conditions)
+            data = PulseDataset.from_xarray(ds.load(), config.conditions)
         except (DatastoreError, SpecError) as exc:
             raise ServiceError(f"cannot train a pulse generator: {exc}") from exc
+        if len(data.field) == 0:
+            raise ServiceError(
+                "the dataset holds no usable shots: every sample is flagged or "
+                "non-finite"
+            )
+        return data
 
     def _train(self, data: PulseDataset, ctx: HandlerContext) -> FelGan:
         config: FelGanConfig = self.config  # type: ignore[assignment]
@@ -429,6 +463,9 @@ class FelGanService(Service):
                 f"conditions must name exactly {names}; missing {missing}, "
                 f"unknown {unknown}"
             )
+        bad = sorted(k for k, v in request.conditions.items() if not np.isfinite(v))
+        if bad:
+            raise EventError(f"conditions {bad} are not finite numbers")
         if request.shots > config.max_shots:
             raise EventError(
                 f"{request.shots} shots asked, at most {config.max_shots} per request"
@@ -460,7 +497,17 @@ class FelGanService(Service):
             or not self.context.is_handled(item["answered_by"])
         ]
         for item in waiting:
-            self._sample(Event.model_validate(item["event"]), ctx, deferred=True)
+            request = Event.model_validate(item["event"])
+            try:
+                self._sample(request, ctx, deferred=True)
+            except Exception as exc:  # one bad kept request must not jam the rest
+                log.exception("kept sampling request %s failed", request.id)
+                ctx.emit(
+                    "samples",
+                    SAMPLES_ERROR,
+                    {"request": request.id, "error": f"{type(exc).__name__}: {exc}"},
+                    cause=request,
+                )
             item["answered_by"] = current
         self.context.save_state("kept", {"items": waiting})
 

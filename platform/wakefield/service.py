@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from .config import StrictModel
 from .datastore import Datastore
+from .errors import EventError
 from .events import DataRef, Event
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ log = logging.getLogger(__name__)
 DATASET_READY = "org.wakefield.dataset.ready"
 MODEL_READY = "org.wakefield.model.ready"
 TICK = "org.wakefield.tick"
+
+
+def dataset_of(event: Event, port: str = "datasets") -> DataRef:
+    """The dataset an event on ``port`` refers to; an :class:`EventError`
+    (so the event is dead-lettered) when it refers to none."""
+    if event.dataref is None or event.dataref.kind != "dataset":
+        raise EventError(
+            f"event {event.id} ({event.type}) on {port} carries no dataset "
+            f"reference; the {port} port takes {DATASET_READY}"
+        )
+    return event.dataref
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,13 @@ from wakefield.config import StrictModel
 from wakefield.datastore import Datastore
 from wakefield.errors import DatastoreError, EventError, ServiceError, SpecError
 from wakefield.events import DataRef, Event
-from wakefield.service import MODEL_READY, HandlerContext, Service, ServiceContext
+from wakefield.service import (
+    MODEL_READY,
+    HandlerContext,
+    Service,
+    ServiceContext,
+    dataset_of,
+)
 
 from ..simulators.sase import spectrum
 from . import fidelity, plots
@@ -194,11 +200,7 @@ class FelGanService(Service):
 
     def _learn(self, event: Event, ctx: HandlerContext) -> None:
         config: FelGanConfig = self.config  # type: ignore[assignment]
-        if event.dataref is None or event.dataref.kind != "dataset":
-            raise EventError(
-                f"event {event.id} ({event.type}) on datasets carries no dataset "
-                "reference; the datasets port takes org.wakefield.dataset.ready"
-            )
+        dataset = dataset_of(event)
         store = ctx.datastore
         uri = ctx.dataset_uri(config.name)
         if store.exists(uri):  # judged before a crash: keep what was published
@@ -206,7 +208,7 @@ class FelGanService(Service):
             report = json.loads(store.read_artifact(uri, FIDELITY_FILE))
             ref = store.ref(uri)
         else:
-            data = self._pulses(store.open_dataset(event.dataref))
+            data = self._pulses(store.open_dataset(dataset))
             training_part, held_out = split(data, config.holdout, config.training.seed)
             ctx.progress(
                 0,
@@ -215,7 +217,7 @@ class FelGanService(Service):
             )
             gan = self._train(training_part, ctx)
             report = self._judge(gan, held_out, ctx)
-            report["dataset"] = event.dataref.dump()
+            report["dataset"] = dataset.dump()
             report["shots"] = {
                 "training": len(training_part.field),
                 "held_out": len(held_out.field),
@@ -225,7 +227,7 @@ class FelGanService(Service):
                 "format": FORMAT,
                 "conditions": gan.config.condition_names,
                 "accepted": report["accepted"],
-                "dataset": event.dataref.dump(),
+                "dataset": dataset.dump(),
             }
             ref = store.write_artifact(files, uri, meta=meta)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from wakefield.errors import DatastoreError, ServiceError, SpecError
 from wakefield.events import DataRef, Event
-from wakefield.service import MODEL_READY, HandlerContext, Service
+from wakefield.service import MODEL_READY, HandlerContext, Service, dataset_of
 
 from .config import SurrogateConfig
 from .errors import ExtrapolationError, RequestError
@@ -88,11 +88,7 @@ class Surrogate(Service):
 
     def _train(self, event: Event, ctx: HandlerContext) -> None:
         config: SurrogateConfig = self.config  # type: ignore[assignment]
-        if event.dataref is None or event.dataref.kind != "dataset":
-            raise ServiceError(
-                f"event {event.id} ({event.type}) on datasets carries no dataset "
-                "reference; the datasets port takes org.wakefield.dataset.ready"
-            )
+        dataset = dataset_of(event)
         store = ctx.datastore
         uri = ctx.dataset_uri(config.name)
         folder = posixpath.dirname(uri)
@@ -100,13 +96,11 @@ class Surrogate(Service):
         if store.exists(uri):  # handled before a crash: keep what was published
             model = SurrogateModel.load(store, uri)
         else:
-            ds = store.open_dataset(event.dataref)
+            ds = store.open_dataset(dataset)
             try:
-                model, _ = train(ds, config, self._on_epoch(ctx), dataset=event.dataref)
+                model, _ = train(ds, config, self._on_epoch(ctx), dataset=dataset)
             except SpecError as exc:
-                raise ServiceError(
-                    f"cannot train on {event.dataref.uri}: {exc}"
-                ) from exc
+                raise ServiceError(f"cannot train on {dataset.uri}: {exc}") from exc
             model.save(store, uri)
         assert model.ref is not None and model.metrics is not None
 
@@ -116,13 +110,11 @@ class Surrogate(Service):
             "image": model.image.name if model.image else None,
             "uncertainty": model.uncertainty.method,
             "members": len(model.ensemble.members),
-            "dataset": event.dataref.dump(),
+            "dataset": dataset.dump(),
             "metrics": model.metrics.summary(),
         }
         if config.plots:
-            summary["plots"] = self._plots(
-                model, store, ds_ref=event.dataref, folder=folder
-            )
+            summary["plots"] = self._plots(model, store, ds_ref=dataset, folder=folder)
         if config.lume:
             summary["lume"] = self._export_lume(model, store, uri + ".lume").dump()
         ctx.emit("models", MODEL_READY, summary, dataref=model.ref)

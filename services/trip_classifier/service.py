@@ -44,7 +44,13 @@ from pydantic import Field, StrictBool
 from wakefield.config import StrictModel
 from wakefield.errors import DatastoreError, EventError, ServiceError
 from wakefield.events import DataRef, Event
-from wakefield.service import MODEL_READY, HandlerContext, Service, ServiceContext
+from wakefield.service import (
+    MODEL_READY,
+    HandlerContext,
+    Service,
+    ServiceContext,
+    dataset_of,
+)
 from wakefield.services.replay import dataset_from_inline
 
 from .features import REQUIRED_SIGNALS
@@ -159,26 +165,22 @@ class TripClassifier(Service):
 
     def _learn(self, event: Event, ctx: HandlerContext) -> None:
         config: TripClassifierConfig = self.config  # type: ignore[assignment]
-        if event.dataref is None or event.dataref.kind != "dataset":
-            raise EventError(
-                f"event {event.id} ({event.type}) on datasets carries no dataset "
-                "reference; the datasets port takes org.wakefield.dataset.ready"
-            )
+        dataset = dataset_of(event)
         store = ctx.datastore
         uri = ctx.dataset_uri(config.name)
         if store.exists(uri):  # handled before a crash: keep what was published
             model = TripModel.load(store, uri)
             plots = model.info.get("plots", [])
         else:
-            result = self._train(store.open_dataset(event.dataref), ctx)
+            result = self._train(store.open_dataset(dataset), ctx)
             plots = self._plots(result, ctx) if config.plots else []
-            model = result.model({"dataset": event.dataref.dump(), "plots": plots})
+            model = result.model({"dataset": dataset.dump(), "plots": plots})
             report = result.files()["metrics.json"]
             model.save(
                 store,
                 uri,
                 extra={"metrics.json": report},
-                meta={"summary": model.info, "dataset": event.dataref.dump()},
+                meta={"summary": model.info, "dataset": dataset.dump()},
             )
         assert model.ref is not None
 

@@ -4,6 +4,7 @@ kept requests, restarts, and the whole workflow through real Ray actors."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
+from pydantic import ValidationError
 
 import wakefield.api as api
 from wakefield.datastore import Datastore
 from wakefield.design import Design, sample
+from wakefield.errors import ServiceError
 from wakefield.events import Event
 from wakefield.loader import loads_workflow
 from wakefield.service import DATASET_READY, MODEL_READY, HandlerContext, ServiceContext
@@ -142,7 +145,7 @@ def test_split_holds_out_a_share_at_every_condition() -> None:
     )
     again, _ = split(data, 0.3, seed=1)
     np.testing.assert_array_equal(again.field, train.field)
-    with pytest.raises(Exception, match="more repeats"):
+    with pytest.raises(ServiceError, match="more repeats"):
         split(data, 0.05, seed=1)
 
 
@@ -164,7 +167,9 @@ def test_promotes_a_generator_and_answers_requests_by_reference(
     assert {"mean_energy_sim", "modes_gen", "spike_count_rel"} <= set(table[0])
     assert announced.data["shots"] == {"training": 79, "held_out": 79}
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in announced.data["plots"])
-    assert b'"fidelity"' in store.read_artifact(announced.dataref, "fidelity.json")
+    assert "history" not in announced.data  # the learning curve is in the artifact
+    kept = json.loads(store.read_artifact(announced.dataref, "fidelity.json"))
+    assert len(kept["fidelity"]) == len(CONDITIONS) and len(kept["history"]) == 3
 
     condition = dict(zip(NAMES, CONDITIONS[1], strict=True))
     (answer,) = _handle(
@@ -344,7 +349,7 @@ def test_non_finite_conditions_are_refused_even_when_extrapolating(
 
 def test_a_condition_named_twice_is_a_config_error() -> None:
     """conditions must be distinct settings."""
-    with pytest.raises(Exception, match="repeated: \\['peak_current'\\]"):
+    with pytest.raises(ValidationError, match="repeated: \\['peak_current'\\]"):
         FelGanConfig.load({"conditions": ["peak_current", "peak_current"]})
 
 
@@ -356,5 +361,5 @@ def test_a_scan_with_no_usable_shots_says_so(tmp_path: Path) -> None:
     local.write_dataset(flagged, "scan.zarr")
     service = _service(local)
     dataset = Event(source="t", type=DATASET_READY, dataref=local.ref("scan.zarr"))
-    with pytest.raises(Exception, match="no usable shots"):
+    with pytest.raises(ServiceError, match="no usable shots"):
         _handle(service, dataset, "datasets")

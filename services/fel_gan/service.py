@@ -250,7 +250,8 @@ class FelGanService(Service):
             "models",
             MODEL_READY,
             {
-                **report,
+                # The learning curve stays in the artifact: events stay small.
+                **{k: v for k, v in report.items() if k != "history"},
                 "promoted": bool(report["accepted"]),
                 "serving": self.ref.uri if self.ref else None,
                 "previous": previous,

@@ -45,9 +45,7 @@ TINY_TRAINING = {
     "epochs": 3,
     "batch_size": 32,
     "critic_steps": 2,
-    "generator_width": 8,
     "critic_width": 4,
-    "kernel_size": 5,
     "calibration_shots": 50,
     "seed": 3,
     "threads": 1,
@@ -290,8 +288,8 @@ WORKFLOW = """\
         - name: gan
           uses: fel-gan
           config:
-            training: {epochs: 2, batch_size: 32, critic_steps: 2, generator_width: 8,
-                       critic_width: 4, kernel_size: 5, calibration_shots: 20, seed: 1}
+            training: {epochs: 2, batch_size: 32, critic_steps: 2,
+                       critic_width: 4, calibration_shots: 20, seed: 1}
             check_shots: 64
             thresholds: {mean_energy: 1.0e9, modes: 1.0e9, spike_count: 1.0e9,
                          spike_width: 1.0e9, spectral_width: 1.0e9,

@@ -12,7 +12,8 @@ heights correlate.  The spectrum comes with every pulse for free.
 Scale: pulse energies differ by orders of magnitude between conditions
 (the gain is exponential in the Pierce parameter), so the field is divided
 by sqrt(S(c)), where log S(c) is a least-squares fit of the log mean power
-over the window, quadratic in the scaled conditions.  The networks see
+over the window, a tensor-product polynomial (quadratic in each
+condition).  The networks see
 fields of unit mean power; the fit restores watts.  After training the fit
 is corrected so that the generated mean power matches the training data at
 every training condition (``training.calibrate_energy``).
@@ -77,12 +78,8 @@ class GanConfig(StrictModel):
     """Time step, s."""
     photon_energy: float = Field(gt=0)
     """Photon energy at the centre of the spectrum, eV."""
-    noise_channels: int = Field(default=4, ge=1)
-    """Channels of the generator's latent white-noise sequence."""
-    generator_width: int = Field(default=24, ge=4)
-    """Channels of the generator's hidden convolutions."""
-    kernel_size: int = Field(default=7, ge=3)
-    """Length of the generator's convolution kernels, in time samples; odd."""
+    generator_width: int = Field(default=128, ge=4)
+    """Hidden units of the generator's response and envelope networks."""
     critic_width: int = Field(default=16, ge=4)
     """Channels of the critic's first convolution."""
     scale_terms: list[list[int]] = Field(default_factory=lambda: [list[int]()])
@@ -131,15 +128,22 @@ def scale_conditions(config: GanConfig, values: npt.ArrayLike) -> Tensor:
 def scale_terms(scaled: Tensor) -> list[list[int]]:
     """The monomials of the scale fit, each a list of condition indices.
 
-    The constant, every condition, and every product of two; a condition's
-    square only if it takes at least three distinct values, since with two
-    levels its square cannot be told apart from the constant.
+    The tensor product of one polynomial per condition: a condition that
+    takes two distinct values enters to degree 1, one with three or more to
+    degree 2 (with two levels its square is the constant).  On a grid of
+    three levels per condition the fit interpolates the mean power of every
+    training condition; between them it is the smooth tensor-product
+    quadratic.  A full quadratic in the conditions missed the centre of such
+    a grid by 5 %, more than the networks made up for.
     """
-    k = scaled.shape[1]
-    terms: list[list[int]] = [[], *([i] for i in range(k))]
-    for i, j in itertools.combinations_with_replacement(range(k), 2):
-        if i != j or len(torch.unique(scaled[:, i])) >= 3:
-            terms.append([i, j])
+    degrees = [
+        min(2, len(torch.unique(scaled[:, i])) - 1) for i in range(scaled.shape[1])
+    ]
+    powers = itertools.product(*(range(d + 1) for d in degrees))
+    terms = [
+        [i for i, p in enumerate(power) for _ in range(p)]
+        for power in sorted(powers, key=lambda power: (sum(power), power[::-1]))
+    ]
     return terms
 
 
@@ -180,51 +184,80 @@ def log_scale(config: GanConfig, scaled: Tensor) -> Tensor:
 
 
 class Generator(nn.Module):
-    """Noise sequences and scaled conditions to fields of unit mean power.
+    """Complex white noise and scaled conditions to fields of unit mean power.
 
-    The latent input is white noise along time, (batch, noise_channels,
-    n_time).  Convolutions, modulated channel by channel by the conditions
-    (FiLM), give it the local correlations of the field; an envelope network
-    of the conditions gives it its slowly varying amplitude.  A SASE field is
-    built the same way (shot noise, correlated over a coherence time, under
-    the envelope the current profile sets), so this bias is physical, while
-    the correlation shape, the envelope and how both depend on the beam are
-    learned.  Output: (batch, 2, n_time), the real and imaginary parts.
+    The generator builds a field the way SASE does, with every ingredient
+    learned from the conditions:
+
+    1. complex white noise (the shot noise), (batch, 2, n_time);
+    2. filtered by a frequency response H(c, omega), an MLP of the conditions
+       giving log |H|^2 at every frequency (the gain bandwidth and so the
+       coherence time);
+    3. multiplied by an envelope A(c, t), an MLP of the conditions (the
+       current profile as amplified, gain narrowing included);
+    4. its power passed through a pointwise gain s(P, c) that keeps the
+       phase, a small network of the local log power and the conditions,
+       zero at the start so that the generator begins linear (saturation).
+
+    Up to step 4 the field is a Gaussian random process, as SASE is in its
+    linear regime, so the spikes are exponentially distributed in height and
+    the pulse energy is gamma distributed with the number of modes that H and
+    A set; the critic has only to teach the generator their shapes.  A
+    convolution stack with pointwise non-linearities in its place matched the
+    spike count and width but let the energy variance, and so M, drift by up
+    to 25 % from one condition to the next (``docs/fel.md``).
+    Output: (batch, 2, n_time), the real and imaginary parts.
     """
 
     def __init__(self, config: GanConfig) -> None:
         super().__init__()
         k, w, n = len(config.conditions), config.generator_width, config.n_time
         self.n_time = n
-        self.noise_channels = config.noise_channels
-        size = config.kernel_size
-        self.convolutions = nn.ModuleList(
-            [
-                nn.Conv1d(config.noise_channels, w, size, padding=size // 2),
-                nn.Conv1d(w, w, size, padding=size // 2),
-                nn.Conv1d(w, w, size, padding=size // 2),
-            ]
+        self.response = nn.Sequential(
+            nn.Linear(k, w),
+            nn.LeakyReLU(0.2),
+            nn.Linear(w, w),
+            nn.LeakyReLU(0.2),
+            nn.Linear(w, n),
         )
-        self.modulations = nn.ModuleList(
-            [nn.Linear(k, 2 * w) for _ in self.convolutions]
-        )
-        self.out = nn.Conv1d(w, 2, size, padding=size // 2)
         self.envelope = nn.Sequential(
-            nn.Linear(k, 128), nn.LeakyReLU(0.2), nn.Linear(128, n), nn.Softplus()
+            nn.Linear(k, w), nn.LeakyReLU(0.2), nn.Linear(w, n), nn.Softplus()
         )
-        self.act = nn.LeakyReLU(0.2)
+        last = nn.Conv1d(32, 1, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.saturation = nn.Sequential(
+            nn.Conv1d(1 + k, 32, 1), nn.LeakyReLU(0.2), last
+        )
 
     def forward(self, z: Tensor, condition: Tensor) -> Tensor:
-        h = z
-        for conv, modulation in zip(self.convolutions, self.modulations, strict=True):
-            scale, shift = modulation(condition).unsqueeze(2).chunk(2, dim=1)
-            h = self.act(conv(h) * (1 + scale) + shift)
-        field: Tensor = self.out(h) * self.envelope(condition).unsqueeze(1)
-        return field
+        # |H| only: filtered circular white noise is a stationary Gaussian
+        # process whose statistics depend on |H|^2 alone, so H's phase would
+        # be a redundant output.  In log form a band edge can fall by decades.
+        response = torch.exp(0.5 * self.response(condition))
+        white = torch.fft.fft(torch.complex(z[:, 0], z[:, 1]))
+        field = torch.fft.ifft(response * white)
+        field = field * self.envelope(condition)
+        power = field.real**2 + field.imag**2
+        local = torch.cat(
+            [
+                torch.log(power + 1e-6).unsqueeze(1),
+                condition.unsqueeze(2).expand(-1, -1, self.n_time),
+            ],
+            dim=1,
+        )
+        field = field * torch.exp(0.5 * self.saturation(local).squeeze(1))
+        return torch.stack([field.real, field.imag], dim=1)
 
     def noise(self, n: int, generator: torch.Generator) -> Tensor:
-        """A latent batch of ``n`` white-noise sequences."""
-        return torch.randn(n, self.noise_channels, self.n_time, generator=generator)
+        """A latent batch of ``n`` complex white-noise sequences of unit power."""
+        return torch.randn(n, 2, self.n_time, generator=generator) * math.sqrt(0.5)
+
+    def scale_output(self, gain: Tensor) -> None:
+        """Multiply the (still linear) field by ``gain``, through H's last layer."""
+        last = self.response[-1]
+        assert isinstance(last, nn.Linear)
+        last.bias.add_(2 * torch.log(gain))
 
 
 def field_features(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

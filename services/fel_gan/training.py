@@ -29,6 +29,7 @@ import numpy.typing as npt
 import torch
 from pydantic import Field, ValidationError
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel
 
 from wakefield.config import StrictModel
 from wakefield.errors import DatastoreError, SpecError
@@ -69,10 +70,13 @@ class TrainingConfig(StrictModel):
     """Adam's beta1 and beta2 for both networks."""
     gradient_penalty: float = Field(default=10.0, ge=0)
     """Weight of the gradient penalty, lambda."""
-    noise_channels: int = Field(default=4, ge=1)
-    generator_width: int = Field(default=24, ge=4)
-    kernel_size: int = Field(default=7, ge=3)
+    generator_width: int = Field(default=128, ge=4)
     critic_width: int = Field(default=16, ge=4)
+    average: float = Field(default=0.998, ge=0, lt=1)
+    """Decay of the exponential moving average of the generator's weights,
+    per generator step, that becomes the trained generator (0: the last
+    weights).  A GAN's iterates circle the equilibrium; their average lies
+    closer to it than any one of them."""
     calibration_shots: int = Field(default=500, ge=0)
     """Generated shots per training condition for :func:`calibrate_energy`;
     0 leaves the energy scale uncalibrated."""
@@ -215,9 +219,12 @@ def train(
         config.epochs,
     )
 
+    average = AveragedModel(gan.generator, avg_fn=_moving_average(config.average))
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        metrics = _epoch(gan.generator, critic, optimizers, tensors, config, noise)
+        metrics = _epoch(
+            gan.generator, critic, optimizers, tensors, config, noise, average
+        )
         metrics["learning_rate"] = float(schedules[0].get_last_lr()[0])
         for schedule in schedules:
             schedule.step()
@@ -226,6 +233,8 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, metrics)
 
+    if config.average and config.epochs:
+        gan.generator.load_state_dict(average.module.state_dict())
     gan.generator.eval()
     if config.calibration_shots:
         gan = calibrate_energy(gan, data, config.calibration_shots, seed=config.seed)
@@ -269,9 +278,11 @@ def _epoch(
     tensors: _Tensors,
     config: TrainingConfig,
     noise: torch.Generator,
+    average: AveragedModel,
 ) -> dict[str, float]:
     """One pass over the data: a critic step per batch, a generator step after
-    every ``critic_steps`` of them; returns the epoch's mean metrics."""
+    every ``critic_steps`` of them (each followed by an update of the
+    generator's moving ``average``); returns the epoch's mean metrics."""
     g_opt, c_opt = optimizers
     sums = {"critic_loss": 0.0, "wasserstein": 0.0, "gradient_penalty": 0.0}
     g_losses: list[float] = []
@@ -286,9 +297,21 @@ def _epoch(
             sums[key] += value
         if step % config.critic_steps == 0:
             g_losses.append(_generator_step(generator, critic, g_opt, c, noise))
+            average.update_parameters(generator)
     metrics = {key: value / len(batches) for key, value in sums.items()}
     metrics["generator_loss"] = float(np.mean(g_losses)) if g_losses else math.nan
     return metrics
+
+
+def _moving_average(decay: float) -> Callable[[Tensor, Tensor, Tensor | int], Tensor]:
+    """An exponential moving average whose decay warms up as (1 + n) / (10 + n)
+    over the first steps, so that a short run is not held at its start."""
+
+    def update(averaged: Tensor, current: Tensor, n: Tensor | int) -> Tensor:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        return d * averaged + (1 - d) * current
+
+    return update
 
 
 def _gan_config(data: PulseDataset, config: TrainingConfig) -> GanConfig:
@@ -308,9 +331,7 @@ def _gan_config(data: PulseDataset, config: TrainingConfig) -> GanConfig:
         n_time=data.field.shape[1],
         dt=data.dt,
         photon_energy=data.photon_energy,
-        noise_channels=config.noise_channels,
         generator_width=config.generator_width,
-        kernel_size=config.kernel_size,
         critic_width=config.critic_width,
     )
     # Fit log S(c) to the mean power of each distinct condition.
@@ -339,10 +360,7 @@ def _calibrate_output(generator: Generator, c: Tensor, noise: torch.Generator) -
     with torch.no_grad():
         sample = c[torch.randperm(len(c), generator=noise)[:256]]
         power = generator(generator.noise(len(sample), noise), sample).pow(2).sum(1)
-        gain = power.mean().rsqrt()
-        generator.out.weight.mul_(gain)
-        if generator.out.bias is not None:
-            generator.out.bias.mul_(gain)
+        generator.scale_output(power.mean().rsqrt())
 
 
 def _critic_step(

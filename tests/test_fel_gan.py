@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from wakefield.errors import DatastoreError, ExtrapolationWarning, SpecError
@@ -197,6 +198,45 @@ def test_save_and_load_give_identical_samples(tmp_path) -> None:
     first = gan.sample_field([list(CONDITIONS[1].values())] * 8, seed=11)
     again = loaded.sample_field([list(CONDITIONS[1].values())] * 8, seed=11)
     np.testing.assert_array_equal(first, again)
+
+
+def test_the_generator_is_linear_in_its_noise() -> None:
+    """Without saturation the field is a linear function of the shot noise,
+    so it is a Gaussian process, as a linear-regime SASE field is."""
+    gan = training.train(dataset(50), tiny_config(epochs=1))
+    net = gan.generator
+    c = torch.zeros(4, len(NAMES))
+    z1, z2 = (net.noise(4, torch.Generator().manual_seed(s)) for s in (1, 2))
+    with torch.no_grad():
+        combined = net(2 * z1 - 3 * z2, c)
+        parts = 2 * net(z1, c) - 3 * net(z2, c)
+    torch.testing.assert_close(combined, parts, rtol=1e-4, atol=1e-5)
+
+
+def test_a_generator_with_saturation_trains_and_reloads(tmp_path) -> None:
+    """The saturation gain starts at zero (the generator starts linear), is
+    trained, and is kept with the generator."""
+    config = tiny_config(epochs=0).model_copy(update={"saturation": True})
+    untrained = training.train(dataset(50), config)
+    assert untrained.generator.saturation is not None
+    z = untrained.generator.noise(4, torch.Generator().manual_seed(1))
+    c = torch.zeros(4, len(NAMES))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            untrained.generator(2 * z, c), 2 * untrained.generator(z, c)
+        )
+
+    config = config.model_copy(update={"epochs": 2})
+    gan = training.train(dataset(50), config)
+    last = gan.generator.saturation[-1].weight
+    assert float(last.abs().max()) > 0
+    training.save(gan, tmp_path / "gen")
+    loaded = training.load(tmp_path / "gen")
+    assert loaded.config.saturation
+    row = [list(CONDITIONS[0].values())] * 4
+    np.testing.assert_array_equal(
+        gan.sample_field(row, seed=5), loaded.sample_field(row, seed=5)
+    )
 
 
 def test_load_from_an_empty_folder_is_a_datastore_error(tmp_path) -> None:

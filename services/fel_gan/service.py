@@ -276,8 +276,12 @@ class FelGanService(Service):
                 f"conditions {not_settings} are not per-sample settings of the scan; "
                 "name settings such as peak_current, bunch_length, energy_spread"
             )
+        # Only the fields and the conditions are read: the scan's power and
+        # spectra would double the memory and the reading time.
+        fields = ("field_real", "field_imag", "photon_energy")
+        wanted = [n for n in (*fields, *config.conditions) if n in ds]
         try:
-            data = PulseDataset.from_xarray(ds.load(), config.conditions)
+            data = PulseDataset.from_xarray(ds[wanted].load(), config.conditions)
         except (DatastoreError, SpecError) as exc:
             raise ServiceError(f"cannot train a pulse generator: {exc}") from exc
         if len(data.field) == 0:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field, StrictBool, ValidationError
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
@@ -71,6 +71,9 @@ class TrainingConfig(StrictModel):
     gradient_penalty: float = Field(default=10.0, ge=0)
     """Weight of the gradient penalty, lambda."""
     generator_width: int = Field(default=128, ge=4)
+    saturation: StrictBool = False
+    """Let the generator learn saturation (a pointwise gain on the power);
+    leave it off for pulses far from saturation, where it costs fidelity."""
     critic_width: int = Field(default=16, ge=4)
     average: float = Field(default=0.998, ge=0, lt=1)
     """Decay of the exponential moving average of the generator's weights,
@@ -332,6 +335,7 @@ def _gan_config(data: PulseDataset, config: TrainingConfig) -> GanConfig:
         dt=data.dt,
         photon_energy=data.photon_energy,
         generator_width=config.generator_width,
+        saturation=config.saturation,
         critic_width=config.critic_width,
     )
     # Fit log S(c) to the mean power of each distinct condition.

@@ -13,8 +13,8 @@ Scale: pulse energies differ by orders of magnitude between conditions
 (the gain is exponential in the Pierce parameter), so the field is divided
 by sqrt(S(c)), where log S(c) is a least-squares fit of the log mean power
 over the window, a tensor-product polynomial (quadratic in each
-condition).  The networks see
-fields of unit mean power; the fit restores watts.  After training the fit
+condition).  The networks see fields of unit mean power; the fit restores
+watts.  After training the fit
 is corrected so that the generated mean power matches the training data at
 every training condition (``training.calibrate_energy``).
 

@@ -12,7 +12,7 @@ import xarray as xr
 
 from wakefield.errors import DatastoreError, ExtrapolationWarning, SpecError
 from wakefield.services.fel_gan import fidelity, plots, training
-from wakefield.services.fel_gan.model import FelGan
+from wakefield.services.fel_gan.model import FelGan, fit_scale, monomials
 from wakefield.services.simulators.sase import SaseOptions, SasePulseSimulator
 
 SEED = 20261203
@@ -198,6 +198,24 @@ def test_save_and_load_give_identical_samples(tmp_path) -> None:
     first = gan.sample_field([list(CONDITIONS[1].values())] * 8, seed=11)
     again = loaded.sample_field([list(CONDITIONS[1].values())] * 8, seed=11)
     np.testing.assert_array_equal(first, again)
+
+
+def test_the_scale_fit_passes_through_every_condition_of_a_grid() -> None:
+    """On a grid of three levels per condition the tensor-product fit of the
+    log mean power reproduces every grid point, whatever the values."""
+    levels = torch.tensor([-1.0, 0.0, 1.0])
+    grid = torch.cartesian_prod(levels, levels, levels)
+    power = torch.exp(
+        torch.randn(len(grid), generator=torch.Generator().manual_seed(4))
+    )
+    terms, coefficients = fit_scale(grid, power)
+    assert len(terms) == 27
+    fitted = monomials(grid, terms).double() @ torch.tensor(coefficients).double()
+    torch.testing.assert_close(fitted, torch.log(power.double()), rtol=0, atol=1e-6)
+
+    # A condition at two levels only enters linearly: its square is the constant.
+    two = grid[grid[:, 2] != 0]
+    assert [2, 2] not in fit_scale(two, power[grid[:, 2] != 0])[0]
 
 
 def test_the_generator_is_linear_in_its_noise() -> None:

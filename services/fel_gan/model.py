@@ -14,9 +14,9 @@ Scale: pulse energies differ by orders of magnitude between conditions
 by sqrt(S(c)), where log S(c) is a least-squares fit of the log mean power
 over the window, a tensor-product polynomial (quadratic in each
 condition).  The networks see fields of unit mean power; the fit restores
-watts.  After training the fit
-is corrected so that the generated mean power matches the training data at
-every training condition (``training.calibrate_energy``).
+watts.  After training the fit is corrected so that the generated mean
+power matches the training data at every training condition
+(``training.calibrate_energy``).
 
 The critic sees the field, its power, its spectrum and its log energy, so
 the spike statistics and the energy distribution are in plain view.

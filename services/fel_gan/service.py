@@ -276,8 +276,8 @@ class FelGanService(Service):
                 f"conditions {not_settings} are not per-sample settings of the scan; "
                 "name settings such as peak_current, bunch_length, energy_spread"
             )
-        # Only the fields and the conditions are read: the scan's power and
-        # spectra would double the memory and the reading time.
+        # Only the fields and the conditions are read, not the scan's power
+        # and spectra: two of its four per-shot arrays instead of all four.
         fields = ("field_real", "field_imag", "photon_energy")
         wanted = [n for n in (*fields, *config.conditions) if n in ds]
         try:

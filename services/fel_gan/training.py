@@ -359,7 +359,7 @@ def _normalised(data: PulseDataset, gan_config: GanConfig) -> _Tensors:
 
 
 def _calibrate_output(generator: Generator, c: Tensor, noise: torch.Generator) -> None:
-    """Scale the output layer so that the untrained generator already draws
+    """Scale the generator's output so that, untrained, it already draws
     fields of unit mean power, the scale of the normalised data."""
     with torch.no_grad():
         sample = c[torch.randperm(len(c), generator=noise)[:256]]
